@@ -1,1 +1,20 @@
+//! Kiln's engine: recipes and boards in, a content-addressed build graph out,
+//! built in sandboxes into the store.
+//!
+//! Data flows one way through these modules:
+//! `dsl` (Rhai → `model`) → `graph` (petgraph DAG) → `key` (content
+//! addresses) → `build` (scheduler, `fetch`, `sandbox`) → `kiln_cache::Store`.
+//! See ARCHITECTURE.md for the invariants.
 
+pub mod diag;
+pub mod dsl;
+pub mod hashing;
+pub mod model;
+pub mod build;
+pub mod cli;
+pub mod fetch;
+pub mod graph;
+pub mod key;
+pub mod progress;
+pub mod sandbox;
+pub mod toolchain;

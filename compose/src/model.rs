@@ -175,6 +175,9 @@ pub struct Recipe {
     /// The recipe's files directory (`recipes/<stem>/`); never hashed.
     #[serde(skip)]
     pub files_dir: PathBuf,
+    /// Where each dependency name was written, for "missing dependency" errors.
+    #[serde(skip)]
+    pub dep_spans: BTreeMap<String, Span>,
 }
 
 /// Kernel configuration a board asks for.
@@ -239,6 +242,9 @@ pub struct Board {
     pub bootloader: Option<BootloaderConfig>,
     pub partitions: PartitionLayout,
     pub packages: Vec<String>,
+    /// Where each package name was written.
+    #[serde(skip)]
+    pub package_spans: BTreeMap<String, Span>,
     /// Which recipes the board overrides (the changes are already applied to
     /// the recipes); kept so `kiln show` can say where a value came from.
     pub overrides: Vec<Override>,

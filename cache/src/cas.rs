@@ -1,0 +1,220 @@
+//! Content-addressed blobs: `cas/<2 hex>/<blake3>` holding zstd data.
+//!
+//! A blob is named by the blake3 of its *uncompressed* bytes, so its name can
+//! be computed before (or without) compressing, and every read re-hashes the
+//! decompressed data: a blob damaged by anything (crash, disk, hand edits) is
+//! detected, deleted and reported as [`StoreError::Corrupt`], never returned.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use crate::digest::Digest;
+use crate::error::{IoContext, StoreError};
+use crate::fsutil::{self, TempFile};
+use crate::store::Store;
+
+/// zstd level: level 3 is zstd's default; higher levels cost far more CPU
+/// than they save in disk for build outputs.
+const ZSTD_LEVEL: i32 = 3;
+
+/// Files up to this size are read into memory and hashed/compressed in one
+/// go; larger ones are streamed in two passes (hash, then compress only if
+/// the blob is new) so memory stays bounded.
+const IN_MEMORY_LIMIT: u64 = 4 << 20;
+
+const BUF_SIZE: usize = 256 << 10;
+
+impl Store {
+    /// Path of the compressed blob `d` (whether or not it exists), e.g. for
+    /// uploading it to a remote cache as-is.
+    pub fn blob_path(&self, d: &Digest) -> PathBuf {
+        Store::sharded(self.cas_dir(), d)
+    }
+
+    /// Whether blob `d` exists. Does not verify it; reads do.
+    pub fn has(&self, d: &Digest) -> bool {
+        self.blob_path(d).is_file()
+    }
+
+    /// Stores `data` and returns its digest. A no-op if the blob exists.
+    pub fn put_bytes(&self, data: &[u8]) -> Result<Digest, StoreError> {
+        let d = Digest::of(data);
+        if self.has(&d) {
+            return Ok(d);
+        }
+        let tmp = self.temp_file("blob-")?;
+        let mut enc =
+            zstd::Encoder::new(tmp.file(), ZSTD_LEVEL).ctx("compressing into", tmp.path())?;
+        enc.write_all(data).ctx("compressing into", tmp.path())?;
+        enc.finish().ctx("compressing into", tmp.path())?;
+        self.install_blob(tmp, &d)?;
+        Ok(d)
+    }
+
+    /// Stores the content of the file at `path`, returning its digest and
+    /// (uncompressed) size. Large files are streamed, never held in memory.
+    pub fn put_file(&self, path: &Path) -> Result<(Digest, u64), StoreError> {
+        let mut file = File::open(path).ctx("opening", path)?;
+        let len = file.metadata().ctx("inspecting", path)?.len();
+        if len <= IN_MEMORY_LIMIT {
+            let mut data = Vec::with_capacity(len as usize);
+            file.read_to_end(&mut data).ctx("reading", path)?;
+            let d = self.put_bytes(&data)?;
+            return Ok((d, data.len() as u64));
+        }
+
+        // Pass 1: hash only. Outputs are often identical to an earlier
+        // build's, and then compressing would be wasted work.
+        let mut hasher = blake3::Hasher::new();
+        let size = copy_chunks(&mut file, path, |chunk| {
+            hasher.update(chunk);
+            Ok(())
+        })?;
+        let d = Digest::from(hasher.finalize());
+        if self.has(&d) {
+            return Ok((d, size));
+        }
+
+        // Pass 2: compress, re-hashing to make sure what we stored is what
+        // we named (the file may be modified under us).
+        file.seek(SeekFrom::Start(0)).ctx("rewinding", path)?;
+        let tmp = self.temp_file("blob-")?;
+        let mut enc =
+            zstd::Encoder::new(tmp.file(), ZSTD_LEVEL).ctx("compressing into", tmp.path())?;
+        let mut hasher = blake3::Hasher::new();
+        let size2 = copy_chunks(&mut file, path, |chunk| {
+            hasher.update(chunk);
+            enc.write_all(chunk).ctx("compressing into", tmp.path())
+        })?;
+        enc.finish().ctx("compressing into", tmp.path())?;
+        if size2 != size || Digest::from(hasher.finalize()) != d {
+            return Err(StoreError::FileChanged {
+                path: path.to_path_buf(),
+            });
+        }
+        self.install_blob(tmp, &d)?;
+        Ok((d, size))
+    }
+
+    /// Reads blob `d`, verifying it.
+    pub fn get_bytes(&self, d: &Digest) -> Result<Vec<u8>, StoreError> {
+        let mut out = Vec::new();
+        self.decode_verified(d, |chunk| {
+            out.extend_from_slice(chunk);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Decompresses blob `d` to `dest`, atomically: the data goes to a temp
+    /// file next to `dest` (so the rename stays on one filesystem) and only a
+    /// verified, fsynced file is renamed into place.
+    pub fn copy_to(&self, d: &Digest, dest: &Path) -> Result<(), StoreError> {
+        let dir = match dest.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let tmp = TempFile::create_in(dir, ".kiln-tmp-")?;
+        let mut out = io::BufWriter::with_capacity(BUF_SIZE, tmp.file());
+        self.decode_verified(d, |chunk| out.write_all(chunk).ctx("writing", tmp.path()))?;
+        out.flush().ctx("writing", tmp.path())?;
+        drop(out);
+        tmp.persist(dest)
+    }
+
+    /// Streams the decompressed content of blob `d` to `sink`, then checks
+    /// its hash. On a decode error or mismatch the blob is deleted and
+    /// `Corrupt` returned; the caller must discard what the sink received.
+    /// Errors returned by `sink` are passed through untouched: a full disk
+    /// at the destination says nothing about the blob.
+    pub(crate) fn decode_verified(
+        &self,
+        d: &Digest,
+        mut sink: impl FnMut(&[u8]) -> Result<(), StoreError>,
+    ) -> Result<u64, StoreError> {
+        let path = self.blob_path(d);
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::MissingBlob { digest: *d })
+            }
+            Err(e) => return Err(e).ctx("opening blob", &path),
+        };
+        let mut dec = match zstd::Decoder::new(&file) {
+            Ok(dec) => dec,
+            Err(e) => {
+                return Err(self.corrupt(d, &path, &file, format!("cannot start decoding: {e}")))
+            }
+        };
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; BUF_SIZE];
+        let mut total = 0u64;
+        loop {
+            let n = match dec.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return Err(self.corrupt(d, &path, &file, format!("cannot decompress: {e}")))
+                }
+            };
+            hasher.update(&buf[..n]);
+            sink(&buf[..n])?;
+            total += n as u64;
+        }
+        let actual = Digest::from(hasher.finalize());
+        if actual != *d {
+            return Err(self.corrupt(d, &path, &file, format!("content hashes to {actual}")));
+        }
+        Ok(total)
+    }
+
+    /// Deletes a blob found to be corrupt, unless it was meanwhile replaced
+    /// by a concurrent writer (then the path names a different inode, which
+    /// is a fresh, complete blob).
+    fn corrupt(&self, d: &Digest, path: &Path, opened: &File, reason: String) -> StoreError {
+        if let (Ok(a), Ok(b)) = (opened.metadata(), fs::symlink_metadata(path)) {
+            if a.dev() == b.dev() && a.ino() == b.ino() {
+                let _ = fs::remove_file(path);
+            }
+        }
+        StoreError::Corrupt {
+            digest: *d,
+            path: path.to_path_buf(),
+            reason,
+        }
+    }
+
+    /// Renames a complete, compressed temp file to the blob's path. Two
+    /// writers of the same blob both succeed: the second rename replaces
+    /// identical content, and readers holding the first inode keep it.
+    fn install_blob(&self, tmp: TempFile, d: &Digest) -> Result<(), StoreError> {
+        let dest = self.blob_path(d);
+        if let Some(shard) = dest.parent() {
+            fsutil::ensure_dir(shard)?;
+        }
+        tmp.persist(&dest)
+    }
+}
+
+/// Reads `file` to the end in chunks, feeding each to `f`.
+fn copy_chunks(
+    file: &mut File,
+    path: &Path,
+    mut f: impl FnMut(&[u8]) -> Result<(), StoreError>,
+) -> Result<u64, StoreError> {
+    let mut buf = vec![0u8; BUF_SIZE];
+    let mut total = 0u64;
+    loop {
+        let n = match file.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e).ctx("reading", path),
+        };
+        f(&buf[..n])?;
+        total += n as u64;
+    }
+}

@@ -1,0 +1,590 @@
+//! The `kiln` command line.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use kiln_cache::{Root, Store};
+use serde::Deserialize;
+
+use crate::build::{self, Context, Options};
+use crate::diag::{Diagnostic, Diagnostics};
+use crate::dsl::{self, Evaluation, Project};
+use crate::fetch::Mirror;
+use crate::graph::{self, Plan};
+use crate::key;
+use crate::model::Span;
+use crate::progress::{Mode, Progress};
+
+#[derive(Parser, Debug)]
+#[command(name = "kiln", version, about = "Build balenaOS-style images from Rhai recipes, reproducibly")]
+struct Cli {
+    /// The store (action cache + CAS). Default: $KILN_STORE, else ~/.cache/kiln.
+    #[arg(long, global = true, env = "KILN_STORE")]
+    store: Option<PathBuf>,
+    /// The project directory (holding kiln.toml). Default: found upward from the current directory.
+    #[arg(long, global = true)]
+    project: Option<PathBuf>,
+    /// A source mirror (file:// directory, path or http URL), tried before upstream. Repeatable.
+    #[arg(long = "mirror", global = true)]
+    mirrors: Vec<String>,
+    /// Fetch sources from mirrors only, never from upstream URLs.
+    #[arg(long, global = true)]
+    offline: bool,
+    /// Machine-readable events on stdout, one JSON object per line.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Build a board's packages, or one recipe for a board.
+    Build {
+        /// A board (name or .rhai path) or a recipe name.
+        target: String,
+        #[arg(long)]
+        board: Option<String>,
+        /// Build everything that doesn't depend on a failure.
+        #[arg(long)]
+        keep_going: bool,
+        /// Concurrent jobs (jobserver tokens). Default: the number of CPUs.
+        #[arg(long, short)]
+        jobs: Option<usize>,
+    },
+    /// Print a recipe's derivation (its data, inputs and hashes) as JSON.
+    Show {
+        recipe: String,
+        #[arg(long)]
+        board: Option<String>,
+    },
+    /// Print the build graph of a board.
+    Graph {
+        #[arg(long)]
+        board: Option<String>,
+        #[arg(long, value_enum, default_value_t = GraphFormat::Dot)]
+        format: GraphFormat,
+    },
+    /// Explain which inputs changed since the last build of a recipe.
+    Why {
+        recipe: String,
+        #[arg(long)]
+        board: Option<String>,
+    },
+    /// Print the log of a recipe's last build.
+    Log {
+        recipe: String,
+        #[arg(long)]
+        board: Option<String>,
+    },
+    /// Remove store entries no recent build refers to.
+    Gc {
+        /// Builds older than this many days no longer keep their outputs alive.
+        #[arg(long, default_value_t = 30)]
+        max_age_days: u64,
+    },
+    /// Evaluate every board and recipe and report all errors.
+    Check,
+    /// List every remote source of every recipe (for scripts/seed-sources).
+    Sources,
+    #[command(name = "__sandbox", hide = true)]
+    Sandbox { spec: PathBuf },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum GraphFormat {
+    Dot,
+    Json,
+}
+
+/// `kiln.toml`: project settings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    #[serde(default)]
+    default_board: Option<String>,
+    #[serde(default)]
+    mirrors: Vec<String>,
+}
+
+/// An error for the user: printed as is, then the process exits with `code`.
+pub struct Failure {
+    message: String,
+    code: u8,
+}
+
+impl Failure {
+    fn usage(message: impl Into<String>) -> Failure {
+        Failure { message: message.into(), code: 2 }
+    }
+    fn build(message: impl Into<String>) -> Failure {
+        Failure { message: message.into(), code: 1 }
+    }
+}
+
+type CliResult = Result<(), Failure>;
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Sandbox { spec } = &cli.command {
+        return ExitCode::from(crate::sandbox::sandbox_main(spec).clamp(0, 255) as u8);
+    }
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("{}", f.message.trim_end());
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+struct Session {
+    project: Project,
+    config: Config,
+    store_root: PathBuf,
+    mirrors: Vec<Mirror>,
+    offline: bool,
+    json: bool,
+}
+
+impl Session {
+    fn open(cli: &Cli) -> Result<Session, Failure> {
+        let project = match &cli.project {
+            Some(p) => Project::at(p.canonicalize().map_err(|e| Failure::usage(format!("error: project {}: {e}", p.display())))?),
+            None => {
+                let cwd = std::env::current_dir().map_err(|e| Failure::usage(format!("error: current directory: {e}")))?;
+                Project::discover(&cwd).ok_or_else(|| {
+                    Failure::usage(format!(
+                        "error: no kiln.toml in {} or any parent directory\n  = help: run kiln inside a Kiln project, or pass --project DIR",
+                        cwd.display()
+                    ))
+                })?
+            }
+        };
+        let config_path = project.root.join("kiln.toml");
+        let text = std::fs::read_to_string(&config_path)
+            .map_err(|e| Failure::usage(format!("error: cannot read {}: {e}", config_path.display())))?;
+        let config: Config = toml::from_str(&text)
+            .map_err(|e| Failure::usage(format!("error: {}: {e}", config_path.display())))?;
+        let store_root = match &cli.store {
+            Some(s) => s.clone(),
+            None => Store::default_root().map_err(|e| Failure::usage(format!("error: {e}")))?,
+        };
+        let mut specs: Vec<String> = cli.mirrors.clone();
+        if let Ok(env) = std::env::var("KILN_MIRRORS") {
+            specs.extend(env.split([',', ' ']).filter(|s| !s.is_empty()).map(String::from));
+        }
+        specs.extend(config.mirrors.iter().cloned());
+        if let Some(home) = std::env::var_os("HOME") {
+            let default = Path::new(&home).join(".cache/kiln-mirror");
+            if default.is_dir() {
+                specs.push(default.display().to_string());
+            }
+        }
+        let mirrors = specs
+            .iter()
+            .map(|s| {
+                let expanded = expand_home(s);
+                Mirror::parse(&expanded).map_err(|e| Failure::usage(format!("error: mirror `{s}`: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Session { project, config, store_root, mirrors, offline: cli.offline, json: cli.json })
+    }
+
+    fn store(&self) -> Result<Store, Failure> {
+        Store::open(&self.store_root)
+            .map_err(|e| Failure::usage(format!("error: cannot open the store at {}: {e}", self.store_root.display())))
+    }
+
+    fn board_name(&self, given: Option<&str>) -> Result<String, Failure> {
+        given
+            .map(String::from)
+            .or_else(|| std::env::var("KILN_BOARD").ok())
+            .or_else(|| self.config.default_board.clone())
+            .ok_or_else(|| Failure::usage("error: which board? pass --board NAME (or set default_board in kiln.toml)"))
+    }
+
+    fn evaluate(&self, board: &str) -> Result<Evaluation, Failure> {
+        let path = self.project.board_path(board);
+        if !path.is_file() {
+            let known: Vec<String> = self
+                .project
+                .board_files()
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().to_string()))
+                .collect();
+            return Err(Failure::usage(format!(
+                "error: no board `{board}` ({} does not exist)\n  = help: boards here: {}",
+                path.display(),
+                known.join(", ")
+            )));
+        }
+        dsl::evaluate(&self.project, &path).map_err(|d| self.diagnostics(d))
+    }
+
+    fn diagnostics(&self, d: Diagnostics) -> Failure {
+        let n = d.0.len();
+        Failure::usage(format!(
+            "{}\nkiln: {n} error{} in recipes or boards",
+            d.render(&self.project.root),
+            if n == 1 { "" } else { "s" }
+        ))
+    }
+
+    fn plan(&self, eval: &Evaluation, roots: &[(String, Span)]) -> Result<Plan, Failure> {
+        graph::plan(eval, roots).map_err(|d| self.diagnostics(d))
+    }
+}
+
+fn expand_home(s: &str) -> String {
+    match (s.strip_prefix("~/"), std::env::var("HOME")) {
+        (Some(rest), Ok(home)) => format!("{home}/{rest}"),
+        _ => s.to_string(),
+    }
+}
+
+fn board_roots(eval: &Evaluation) -> Vec<(String, Span)> {
+    eval.board
+        .packages
+        .iter()
+        .map(|p| (p.clone(), eval.board.package_spans.get(p).cloned().unwrap_or_else(|| eval.board.span.clone())))
+        .collect()
+}
+
+fn recipe_root(s: &Session, eval: &Evaluation, recipe: &str) -> Result<Vec<(String, Span)>, Failure> {
+    if !eval.recipes.contains_key(recipe) {
+        let d = Diagnostic::new(
+            Span { file: s.project.rel(&s.project.recipes_dir()), line: 0, column: 0 },
+            format!("no recipe named `{recipe}`"),
+        );
+        let d = match crate::diag::did_you_mean(recipe, eval.recipes.keys().map(String::as_str)) {
+            Some(m) => d.help(format!("did you mean `{m}`?")),
+            None => d.help(format!("recipes: {}", eval.recipes.keys().cloned().collect::<Vec<_>>().join(", "))),
+        };
+        return Err(s.diagnostics(d.into()));
+    }
+    Ok(vec![(recipe.to_string(), eval.recipes[recipe].span.clone())])
+}
+
+fn run(cli: Cli) -> CliResult {
+    let s = Session::open(&cli)?;
+    match &cli.command {
+        Command::Build { target, board, keep_going, jobs } => cmd_build(&s, target, board.as_deref(), *keep_going, *jobs),
+        Command::Show { recipe, board } => cmd_show(&s, recipe, board.as_deref()),
+        Command::Graph { board, format } => cmd_graph(&s, board.as_deref(), *format),
+        Command::Why { recipe, board } => cmd_why(&s, recipe, board.as_deref()),
+        Command::Log { recipe, board } => cmd_log(&s, recipe, board.as_deref()),
+        Command::Gc { max_age_days } => cmd_gc(&s, *max_age_days),
+        Command::Check => cmd_check(&s),
+        Command::Sources => cmd_sources(&s),
+        Command::Sandbox { .. } => Ok(()),
+    }
+}
+
+fn is_board(s: &Session, target: &str) -> bool {
+    target.ends_with(".rhai") || s.project.board_path(target).is_file()
+}
+
+fn context<'a>(s: &'a Session, eval: &'a Evaluation, plan: &'a Plan, store: &'a Store) -> Result<Context<'a>, Failure> {
+    Context::new(&s.project, eval, plan, store).map_err(|e| Failure::usage(format!("error: {e}")))
+}
+
+fn cmd_build(s: &Session, target: &str, board: Option<&str>, keep_going: bool, jobs: Option<usize>) -> CliResult {
+    let (board_name, recipe) = if is_board(s, target) && board.is_none() {
+        (target.to_string(), None)
+    } else {
+        (s.board_name(board)?, Some(target))
+    };
+    let eval = s.evaluate(&board_name)?;
+    let roots = match recipe {
+        Some(r) => recipe_root(s, &eval, r)?,
+        None => board_roots(&eval),
+    };
+    let plan = s.plan(&eval, &roots)?;
+    let store = s.store()?;
+    let _lock = store.lock_shared().map_err(|e| Failure::usage(format!("error: {e}")))?;
+    let ctx = context(s, &eval, &plan, &store)?;
+    let exe = std::env::current_exe().map_err(|e| Failure::usage(format!("error: cannot find the kiln executable: {e}")))?;
+    let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
+    let opts = Options {
+        jobs,
+        keep_going,
+        fetcher_mirrors: s.mirrors.clone(),
+        offline: s.offline,
+        sandbox_helper: exe,
+    };
+    let progress = Progress::new(Mode::detect(s.json));
+    let report = build::run(&ctx, &opts, &progress);
+    progress.finish();
+
+    // Every build is a GC root, so `kiln gc` keeps what was just built.
+    let root = Root {
+        created_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        keys: report.results.values().filter_map(|r| r.key()).collect(),
+        outputs: report.results.values().filter_map(|r| r.output()).collect(),
+    };
+    let root_name = match recipe {
+        Some(r) => format!("{}.{r}", eval.board.name),
+        None => eval.board.name.clone(),
+    };
+    if let Err(e) = store.write_root(&root_name, &root) {
+        eprintln!("warning: cannot record GC root {root_name}: {e}");
+    }
+
+    let failed = report.failed();
+    if !failed.is_empty() {
+        return Err(Failure::build(format!(
+            "error: {} recipe{} failed: {}",
+            failed.len(),
+            if failed.len() == 1 { "" } else { "s" },
+            failed.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
+        )));
+    }
+    if let Some(r) = recipe {
+        if let Some(out) = report.results.get(r).and_then(|x| x.output()) {
+            let path = store.materialize(&out).map_err(|e| Failure::build(format!("error: {e}")))?;
+            let link = s.project.root.join("out").join(&eval.board.name).join(r);
+            link_result(&path, &link);
+            if !s.json {
+                println!("{}", path.display());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `out/<board>/<recipe>` → the output in the store, like Nix's `result`.
+fn link_result(target: &Path, link: &Path) {
+    if let Some(parent) = link.parent() {
+        let _ = std::fs::create_dir_all(parent);
+    }
+    let tmp = link.with_extension("kiln-tmp");
+    let _ = std::fs::remove_file(&tmp);
+    if std::os::unix::fs::symlink(target, &tmp).is_ok() {
+        let _ = std::fs::rename(&tmp, link);
+    }
+}
+
+fn cmd_show(s: &Session, recipe: &str, board: Option<&str>) -> CliResult {
+    let board = s.board_name(board)?;
+    let eval = s.evaluate(&board)?;
+    let roots = recipe_root(s, &eval, recipe)?;
+    let plan = s.plan(&eval, &roots)?;
+    let store = s.store()?;
+    let ctx = context(s, &eval, &plan, &store)?;
+    let drv = ctx.derivations();
+    let keys = ctx.resolve_keys();
+    let r = &eval.recipes[recipe];
+    let (inputs, key, output) = match keys.get(recipe) {
+        Some((i, k, o)) => (Some(i.clone()), Some(k.to_hex()), o.map(|o| o.to_hex())),
+        None => (None, None, None),
+    };
+    let out = serde_json::json!({
+        "recipe": r,
+        "board": eval.board.name,
+        "derivation": drv.get(recipe),
+        "key": key,
+        "output": output,
+        "build_deps": plan.build_deps(recipe),
+        "runtime_deps": plan.deps_of(recipe, graph::DepKind::Runtime),
+        "inputs": inputs.unwrap_or_else(|| ctx.inputs(recipe, BTreeMap::new())),
+    });
+    println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    Ok(())
+}
+
+fn cmd_graph(s: &Session, board: Option<&str>, format: GraphFormat) -> CliResult {
+    let board = s.board_name(board)?;
+    let eval = s.evaluate(&board)?;
+    let plan = s.plan(&eval, &board_roots(&eval))?;
+    let store = s.store()?;
+    let ctx = context(s, &eval, &plan, &store)?;
+    let drv = ctx.derivations();
+    match format {
+        GraphFormat::Dot => print!("{}", plan.to_dot(&drv)),
+        GraphFormat::Json => {
+            let keys = ctx.resolve_keys();
+            let nodes: Vec<serde_json::Value> = plan
+                .order
+                .iter()
+                .map(|n| {
+                    let (key, output) = match keys.get(n) {
+                        Some((_, k, o)) => (Some(k.to_hex()), o.map(|o| o.to_hex())),
+                        None => (None, None),
+                    };
+                    serde_json::json!({
+                        "name": n,
+                        "version": eval.recipes[n].version,
+                        "derivation": drv.get(n),
+                        "key": key,
+                        "output": output,
+                        "build_deps": plan.build_deps(n),
+                        "runtime_deps": plan.deps_of(n, graph::DepKind::Runtime),
+                    })
+                })
+                .collect();
+            let out = serde_json::json!({ "board": eval.board.name, "roots": plan.roots, "nodes": nodes });
+            println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        }
+    }
+    Ok(())
+}
+
+fn cmd_why(s: &Session, recipe: &str, board: Option<&str>) -> CliResult {
+    let board = s.board_name(board)?;
+    let eval = s.evaluate(&board)?;
+    let roots = recipe_root(s, &eval, recipe)?;
+    let plan = s.plan(&eval, &roots)?;
+    let store = s.store()?;
+    let ctx = context(s, &eval, &plan, &store)?;
+    let Some(last) = ctx.last_inputs(recipe) else {
+        println!("{recipe}: never built for board {board} with this store; `kiln build {recipe} --board {board}` builds it");
+        return Ok(());
+    };
+    let keys = ctx.resolve_keys();
+    let Some((now, key, output)) = keys.get(recipe) else {
+        let unbuilt: Vec<String> = plan.build_deps(recipe).into_iter().filter(|d| !keys.get(d).is_some_and(|k| k.2.is_some())).collect();
+        println!(
+            "{recipe}: its key can't be known yet: build dependencies not built with their current inputs: {}",
+            unbuilt.join(", ")
+        );
+        for d in unbuilt {
+            println!("  (run `kiln why {d} --board {board}`)");
+        }
+        return Ok(());
+    };
+    let changes = key::diff(&last, now);
+    if changes.is_empty() {
+        let state = if output.is_some() { "cached" } else { "not in the cache (it was removed?)" };
+        println!("{recipe}: no inputs changed since the last build; key {} is {state}", key.to_hex());
+        return Ok(());
+    }
+    println!("{recipe}: {} input{} changed since the last build:", changes.len(), if changes.len() == 1 { "" } else { "s" });
+    for c in changes {
+        let show = |v: &Option<serde_json::Value>| match v {
+            Some(v) => shorten(&v.to_string()),
+            None => "(absent)".into(),
+        };
+        println!("  {}:\n    was {}\n    now {}", c.path, show(&c.old), show(&c.new));
+    }
+    Ok(())
+}
+
+fn shorten(s: &str) -> String {
+    if s.chars().count() > 200 {
+        format!("{}…", s.chars().take(200).collect::<String>())
+    } else {
+        s.to_string()
+    }
+}
+
+fn cmd_log(s: &Session, recipe: &str, board: Option<&str>) -> CliResult {
+    let store = s.store()?;
+    let boards: Vec<String> = match board {
+        Some(b) => vec![b.to_string()],
+        None => std::fs::read_dir(store.logs_dir())
+            .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect())
+            .unwrap_or_default(),
+    };
+    let found: Vec<(String, PathBuf)> = boards
+        .into_iter()
+        .map(|b| {
+            let p = build::log_path(&store, &b, recipe);
+            (b, p)
+        })
+        .filter(|(_, p)| p.is_file())
+        .collect();
+    match found.as_slice() {
+        [] => Err(Failure::usage(format!("error: no build log for `{recipe}` in {}\n  = help: build it first", store.logs_dir().display()))),
+        [(_, p)] => {
+            let text = std::fs::read(p).map_err(|e| Failure::usage(format!("error: {}: {e}", p.display())))?;
+            use std::io::Write;
+            let _ = std::io::stdout().write_all(&text);
+            Ok(())
+        }
+        many => Err(Failure::usage(format!(
+            "error: `{recipe}` was built for several boards: {}\n  = help: pass --board",
+            many.iter().map(|(b, _)| b.as_str()).collect::<Vec<_>>().join(", ")
+        ))),
+    }
+}
+
+fn cmd_gc(s: &Session, days: u64) -> CliResult {
+    let store = s.store()?;
+    let report = store
+        .gc(Duration::from_secs(days * 86_400))
+        .map_err(|e| Failure::usage(format!("error: gc: {e}")))?;
+    println!(
+        "kiln gc: removed {} blobs ({} bytes), {} cache entries, {} outputs, {} old roots; kept {} blobs",
+        report.blobs_removed,
+        report.bytes_freed,
+        report.ac_removed,
+        report.outputs_removed,
+        report.roots_removed,
+        report.blobs_kept
+    );
+    Ok(())
+}
+
+/// Evaluates every board (each evaluates every recipe) and plans it.
+fn evaluate_all(s: &Session) -> Result<Vec<Evaluation>, Failure> {
+    let boards = s.project.board_files().map_err(|e| Failure::usage(format!("error: cannot list boards: {e}")))?;
+    let mut evals = Vec::new();
+    let mut errors = Vec::new();
+    for b in boards {
+        match dsl::evaluate(&s.project, &b) {
+            Ok(e) => match graph::plan(&e, &board_roots(&e)) {
+                Ok(_) => evals.push(e),
+                Err(d) => errors.extend(d.0),
+            },
+            Err(d) => errors.extend(d.0),
+        }
+    }
+    // The same bad recipe is reported once, not once per board.
+    let mut seen = std::collections::BTreeSet::new();
+    errors.retain(|d| seen.insert(d.to_string()));
+    if errors.is_empty() {
+        Ok(evals)
+    } else {
+        Err(s.diagnostics(Diagnostics(errors)))
+    }
+}
+
+fn cmd_check(s: &Session) -> CliResult {
+    let evals = evaluate_all(s)?;
+    let recipes: std::collections::BTreeSet<&String> = evals.iter().flat_map(|e| e.recipes.keys()).collect();
+    println!("kiln check: {} boards and {} recipes evaluate cleanly", evals.len(), recipes.len());
+    Ok(())
+}
+
+fn cmd_sources(s: &Session) -> CliResult {
+    let evals = evaluate_all(s)?;
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    for e in &evals {
+        for r in e.recipes.values() {
+            for src in &r.sources {
+                if let crate::model::Source::Remote { url, hash, debian, .. } = src {
+                    let (algo, hex) = match hash {
+                        crate::model::SourceHash::Sha256(h) => ("sha256", h),
+                        crate::model::SourceHash::Blake3(h) => ("blake3", h),
+                    };
+                    if seen.insert((r.name.clone(), hex.clone())) {
+                        out.push(serde_json::json!({
+                            "recipe": r.name, "url": url, "algo": algo, "hash": hex, "debian": debian,
+                        }));
+                    }
+                }
+            }
+        }
+    }
+    println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    Ok(())
+}

@@ -1,0 +1,108 @@
+//! Helpers shared by the integration tests: throwaway projects and stores,
+//! and running the real `kiln` binary against them.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The repository root (tests/ is one level below it).
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("compose/ has a parent").to_path_buf()
+}
+
+/// A project in a temporary directory with the real toolchain module and a
+/// host (x86_64) board, plus whatever recipes a test writes.
+pub struct TestProject {
+    pub dir: tempfile::TempDir,
+    pub store: tempfile::TempDir,
+}
+
+pub const BOARD: &str = r#"
+import "toolchains" as tc;
+#{
+    name: "test-board",
+    target: #{ arch: "x86_64", triple: "x86_64-linux-gnu", rust_triple: "x86_64-unknown-linux-gnu", cpu_flags: [] },
+    toolchain: tc::gnu("x86_64-linux-gnu", "x86_64-unknown-linux-gnu"),
+    packages: PACKAGES,
+}
+"#;
+
+impl TestProject {
+    pub fn new() -> TestProject {
+        let dir = tempfile::Builder::new().prefix("kiln-proj-").tempdir().expect("tempdir");
+        let store = tempfile::Builder::new().prefix("kiln-store-").tempdir().expect("tempdir");
+        let p = TestProject { dir, store };
+        p.write("kiln.toml", "default_board = \"test-board\"\n");
+        let tc = std::fs::read_to_string(repo().join("recipes/lib/toolchains.rhai")).expect("toolchains module");
+        p.write("recipes/lib/toolchains.rhai", &tc);
+        p
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn write(&self, rel: &str, text: &str) {
+        let path = self.dir.path().join(rel);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(path, text).expect("write");
+    }
+
+    /// Writes `boards/test-board.rhai` building `packages`.
+    pub fn board(&self, packages: &[&str]) {
+        let list = format!("[{}]", packages.iter().map(|p| format!("\"{p}\"")).collect::<Vec<_>>().join(", "));
+        self.write("boards/test-board.rhai", &BOARD.replace("PACKAGES", &list));
+    }
+
+    pub fn kiln(&self, args: &[&str]) -> Output {
+        kiln_in(self.root(), self.store.path(), args)
+    }
+}
+
+pub fn kiln_in(project: &Path, store: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg("--project")
+        .arg(project)
+        .arg("--store")
+        .arg(store)
+        .args(args)
+        .env_remove("KILN_BOARD")
+        .env("CI", "1")
+        .output()
+        .expect("run kiln")
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+/// The JSON events of a `kiln --json build`.
+pub fn events(o: &Output) -> Vec<serde_json::Value> {
+    stdout(o).lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+/// recipe → event kind ("cached", "built", "failed", "skipped").
+pub fn outcomes(o: &Output) -> std::collections::BTreeMap<String, String> {
+    events(o)
+        .into_iter()
+        .filter_map(|e| {
+            let kind = e["event"].as_str()?.to_string();
+            let recipe = e["recipe"].as_str()?.to_string();
+            matches!(kind.as_str(), "cached" | "built" | "failed" | "skipped").then_some((recipe, kind))
+        })
+        .collect()
+}
+
+/// A recipe with only local, shell-run steps (no downloads, no compiler).
+pub fn shell_recipe(name: &str, deps: &[&str], steps: &[&str]) -> String {
+    let deps = deps.iter().map(|d| format!("\"{d}\"")).collect::<Vec<_>>().join(", ");
+    let steps = steps.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(",\n        ");
+    format!(
+        "#{{\n    name: \"{name}\",\n    version: \"1.0\",\n    build_deps: [{deps}],\n    steps: [\n        {steps}\n    ],\n}}\n"
+    )
+}
