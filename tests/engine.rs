@@ -1,1 +1,242 @@
+//! Building through the real sandbox: caching, early cutoff, isolation,
+//! failures and the store's robustness.
+
 mod common;
+
+use common::*;
+
+fn build(p: &TestProject, args: &[&str]) -> std::process::Output {
+    let mut all = vec!["--json", "build", "test-board"];
+    all.extend_from_slice(args);
+    p.kiln(&all)
+}
+
+#[test]
+fn second_build_runs_nothing_and_everything_is_cached() {
+    let p = TestProject::new();
+    p.board(&["app"]);
+    p.write("recipes/lib.rhai", &shell_recipe("lib", &[], &["mkdir -p /out/usr/lib", "echo lib > /out/usr/lib/data"]));
+    p.write(
+        "recipes/app.rhai",
+        &shell_recipe("app", &["lib"], &["mkdir -p /out/usr/bin", "cat /deps/lib/usr/lib/data /sysroot/usr/lib/data > /out/usr/bin/app"]),
+    );
+    let first = build(&p, &[]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let o = outcomes(&first);
+    assert_eq!(o["lib"], "built");
+    assert_eq!(o["app"], "built");
+
+    let second = build(&p, &[]);
+    assert!(second.status.success(), "{}", stderr(&second));
+    let o = outcomes(&second);
+    assert_eq!(o.len(), 2);
+    assert!(o.values().all(|k| k == "cached"), "{o:?}");
+
+    // The dependency was really visible at /deps/<name> and in /sysroot.
+    let out = p.kiln(&["build", "app"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let path = stdout(&out).trim().to_string();
+    let app = std::fs::read_to_string(std::path::Path::new(&path).join("usr/bin/app")).expect("app output");
+    assert_eq!(app, "lib\nlib\n");
+}
+
+#[test]
+fn early_cutoff_when_a_rebuilt_dependency_produces_the_same_bytes() {
+    let p = TestProject::new();
+    p.board(&["app"]);
+    p.write("recipes/lib.rhai", &shell_recipe("lib", &[], &["echo same > /out/lib"]));
+    p.write("recipes/app.rhai", &shell_recipe("app", &["lib"], &["cp /deps/lib/lib /out/app"]));
+    assert!(build(&p, &[]).status.success());
+
+    // A different step that writes the same bytes: lib rebuilds, app doesn't.
+    p.write("recipes/lib.rhai", &shell_recipe("lib", &[], &["printf 'same\\n' > /out/lib"]));
+    let again = build(&p, &[]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    let o = outcomes(&again);
+    assert_eq!(o["lib"], "built");
+    assert_eq!(o["app"], "cached");
+
+    // Different bytes: both rebuild.
+    p.write("recipes/lib.rhai", &shell_recipe("lib", &[], &["echo different > /out/lib"]));
+    let o = outcomes(&build(&p, &[]));
+    assert_eq!(o["lib"], "built");
+    assert_eq!(o["app"], "built");
+
+    // `kiln why` names the changed input.
+    p.write("recipes/lib.rhai", &shell_recipe("lib", &[], &["echo changed-again > /out/lib"]));
+    let why = p.kiln(&["why", "lib"]);
+    assert!(why.status.success(), "{}", stderr(&why));
+    let text = stdout(&why);
+    assert!(text.contains("recipe.steps[0].argv[2]"), "{text}");
+    assert!(text.contains("changed-again"), "{text}");
+}
+
+#[test]
+fn the_sandbox_has_no_network() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+    let port = listener.local_addr().expect("addr").port();
+    listener.set_nonblocking(true).expect("nonblocking");
+    let p = TestProject::new();
+    p.board(&["net"]);
+    // bash's /dev/tcp opens a real TCP connection.
+    p.write(
+        "recipes/net.rhai",
+        &shell_recipe("net", &[], &[&format!("bash -c 'echo hi > /dev/tcp/127.0.0.1/{port}' && echo CONNECTED > /out/x")]),
+    );
+    let o = build(&p, &[]);
+    assert!(!o.status.success(), "a network connection must fail in the sandbox");
+    assert!(listener.accept().is_err(), "the host listener must not see a connection");
+    let err = stderr(&o);
+    assert!(err.contains("recipe `net` failed in step 1/1"), "{err}");
+    assert!(err.contains("Network is unreachable") || err.contains("Connection refused"), "{err}");
+}
+
+#[test]
+fn a_recipe_cannot_write_outside_out() {
+    let p = TestProject::new();
+    p.board(&["w"]);
+    let victim = p.root().join("victim");
+    p.write(
+        "recipes/w.rhai",
+        &shell_recipe("w", &[], &[&format!("touch /usr/kiln-escape || touch {} || echo contained > /out/ok", victim.display())]),
+    );
+    let o = build(&p, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!std::path::Path::new("/usr/kiln-escape").exists());
+    assert!(!victim.exists());
+    p.write("recipes/w.rhai", &shell_recipe("w", &[], &["touch /usr/kiln-escape"]));
+    let o = build(&p, &[]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("Read-only file system"), "{}", stderr(&o));
+}
+
+#[test]
+fn sandbox_identity_and_environment_are_fixed() {
+    let p = TestProject::new();
+    p.board(&["env"]);
+    p.write(
+        "recipes/env.rhai",
+        &shell_recipe(
+            "env",
+            &[],
+            &["hostname > /out/hostname", "id -u > /out/uid", "echo $$ > /out/pid", "umask > /out/umask", "env | grep -v '^MAKEFLAGS=\\|^MFLAGS=\\|^CARGO_MAKEFLAGS=\\|^PWD=\\|^SHLVL=\\|^_=' | sort > /out/env"],
+        ),
+    );
+    let o = p.kiln(&["build", "env"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = std::path::PathBuf::from(stdout(&o).trim());
+    let read = |f: &str| std::fs::read_to_string(out.join(f)).expect("output file");
+    assert_eq!(read("hostname"), "kiln\n");
+    assert_eq!(read("uid"), "0\n");
+    assert!(read("pid").trim().parse::<u32>().expect("pid") < 10, "pid namespace");
+    assert_eq!(read("umask"), "0022\n");
+    let env = read("env");
+    assert!(env.contains("SOURCE_DATE_EPOCH=1700000000\n"), "{env}");
+    assert!(env.contains("TZ=UTC\n") && env.contains("LC_ALL=C.UTF-8\n"), "{env}");
+    assert!(env.contains("PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin\n"), "{env}");
+    assert!(!env.contains(&std::env::var("HOME").unwrap_or("/root".into()).replace("/tmp", "")) || env.contains("HOME=/tmp"));
+    assert!(!env.contains("CARGO_MANIFEST_DIR"), "the host environment leaked: {env}");
+}
+
+#[test]
+fn failures_name_recipe_step_exit_code_and_log_tail_and_keep_going_builds_the_rest() {
+    let p = TestProject::new();
+    p.board(&["bad", "good", "after-bad"]);
+    p.write("recipes/bad.rhai", &shell_recipe("bad", &[], &["echo preparing", "echo 'the real problem' >&2; exit 3", "echo never"]));
+    p.write("recipes/after-bad.rhai", &shell_recipe("after-bad", &["bad"], &["true"]));
+    p.write("recipes/good.rhai", &shell_recipe("good", &[], &["echo fine > /out/good"]));
+    let o = build(&p, &["--keep-going"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(err.contains("recipe `bad` failed in step 2/3 `step 2`"), "{err}");
+    assert!(err.contains("recipes/bad.rhai:"), "{err}");
+    assert!(err.contains("exit code 3"), "{err}");
+    assert!(err.contains("the real problem"), "{err}");
+    let out = outcomes(&o);
+    assert_eq!(out["good"], "built");
+    assert_eq!(out["bad"], "failed");
+    assert_eq!(out["after-bad"], "skipped");
+
+    let log = p.kiln(&["log", "bad"]);
+    assert!(stdout(&log).contains("the real problem"));
+    assert!(!stdout(&log).contains("never\n"));
+
+    // Nothing of the failed build reached the action cache: a fixed recipe builds.
+    p.write("recipes/bad.rhai", &shell_recipe("bad", &[], &["echo ok > /out/ok"]));
+    let o = build(&p, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn declared_installs_and_permissions_are_checked_and_recorded() {
+    let p = TestProject::new();
+    p.board(&["perm"]);
+    p.write(
+        "recipes/perm.rhai",
+        r#"#{ name: "perm", version: "1",
+    steps: ["mkdir -p /out/usr/bin && echo x > /out/usr/bin/ping && chmod 755 /out/usr/bin/ping"],
+    installs: ["/usr/bin/ping", "/usr/bin/missing"],
+    permissions: [#{ path: "/usr/bin/ping", mode: 0o4755, uid: 0, gid: 0, caps: "cap_net_raw+ep" }] }"#,
+    );
+    let o = build(&p, &[]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("/usr/bin/missing"), "{}", stderr(&o));
+
+    p.write("recipes/perm.rhai", &std::fs::read_to_string(p.root().join("recipes/perm.rhai")).expect("read").replace(", \"/usr/bin/missing\"", ""));
+    let o = p.kiln(&["--json", "build", "perm"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let output = events(&o).into_iter().find(|e| e["event"] == "built").expect("built event")["output"].as_str().expect("output").to_string();
+    let blob = p.store.path().join("cas").join(&output[..2]).join(&output);
+    let manifest = zstd_decode(&std::fs::read(blob).expect("manifest blob"));
+    let m: serde_json::Value = serde_json::from_slice(&manifest).expect("manifest json");
+    let ping = m["entries"].as_array().expect("entries").iter().find(|e| e["path"] == "usr/bin/ping").expect("ping").clone();
+    assert_eq!(ping["mode"], 0o4755);
+    assert_eq!(ping["xattrs"]["security.capability"].as_str().is_some(), true, "{ping}");
+}
+
+fn zstd_decode(bytes: &[u8]) -> Vec<u8> {
+    let out = std::process::Command::new("zstd")
+        .args(["-d", "-c"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().expect("stdin").write_all(bytes)?;
+            c.wait_with_output()
+        })
+        .expect("zstd");
+    out.stdout
+}
+
+#[test]
+fn killed_builds_leave_a_usable_store() {
+    let p = TestProject::new();
+    p.board(&["slow", "quick"]);
+    p.write("recipes/slow.rhai", &shell_recipe("slow", &[], &["echo start > /out/a", "sleep 30", "echo done > /out/b"]));
+    p.write("recipes/quick.rhai", &shell_recipe("quick", &[], &["echo q > /out/q"]));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg("--project")
+        .arg(p.root())
+        .arg("--store")
+        .arg(p.store.path())
+        .args(["--json", "build", "test-board"])
+        .env("CI", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let _ = std::process::Command::new("kill").args(["-9", &child.id().to_string()]).status();
+    let _ = child.wait();
+    // The sandbox died with it (no stray sleep from the build).
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let ps = std::process::Command::new("pgrep").args(["-f", "sleep 30"]).output().expect("pgrep");
+    assert!(ps.stdout.is_empty(), "a sandboxed process survived kill -9 of kiln");
+
+    // The next build uses the store correctly: the slow recipe is rebuilt, never half-cached.
+    p.write("recipes/slow.rhai", &shell_recipe("slow", &[], &["echo start > /out/a", "echo done > /out/b"]));
+    let o = build(&p, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(outcomes(&o)["slow"], "built");
+}

@@ -285,7 +285,7 @@ mod tests {
                 },
             ),
             entry(
-                "usr/bin/ash",
+                "usr/bin/zcat",
                 EntryKind::Hardlink {
                     target: "usr/bin/busybox".into(),
                 },

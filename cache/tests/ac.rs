@@ -19,7 +19,10 @@ fn hit_round_trip() {
     let (_t, store) = store();
     let output = store.put_manifest(&Manifest::default()).unwrap();
     let log = store.put_bytes(b"build log").unwrap();
-    let r = ActionResult { output, log: Some(log) };
+    let r = ActionResult {
+        output,
+        log: Some(log),
+    };
     assert_eq!(store.ac_get(&key(1)).unwrap(), None);
     store.ac_put(&key(1), &r).unwrap();
     assert_eq!(store.ac_get(&key(1)).unwrap(), Some(r));
@@ -29,19 +32,40 @@ fn hit_round_trip() {
     store.ac_put(&key(1), &r2).unwrap();
     assert_eq!(store.ac_get(&key(1)).unwrap(), Some(r2));
     // JSON shape the engine can rely on.
-    let json: serde_json::Value = serde_json::from_slice(&fs::read(ac_path(&store, &key(1))).unwrap()).unwrap();
-    assert_eq!(json, serde_json::json!({"output": output.to_hex(), "log": null}));
+    let json: serde_json::Value =
+        serde_json::from_slice(&fs::read(ac_path(&store, &key(1))).unwrap()).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({"output": output.to_hex(), "log": null})
+    );
 }
 
 #[test]
 fn put_refuses_missing_blobs() {
     let (_t, store) = store();
     let missing = Digest::of(b"no such manifest");
-    let err = store.ac_put(&key(2), &ActionResult { output: missing, log: None }).unwrap_err();
-    assert!(matches!(err, StoreError::MissingBlob { digest } if digest == missing), "{err}");
+    let err = store
+        .ac_put(
+            &key(2),
+            &ActionResult {
+                output: missing,
+                log: None,
+            },
+        )
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::MissingBlob { digest } if digest == missing),
+        "{err}"
+    );
     let output = store.put_bytes(b"m").unwrap();
     let err = store
-        .ac_put(&key(2), &ActionResult { output, log: Some(missing) })
+        .ac_put(
+            &key(2),
+            &ActionResult {
+                output,
+                log: Some(missing),
+            },
+        )
         .unwrap_err();
     assert!(matches!(err, StoreError::MissingBlob { .. }), "{err}");
     assert_eq!(store.ac_get(&key(2)).unwrap(), None);
@@ -51,7 +75,9 @@ fn put_refuses_missing_blobs() {
 fn entry_whose_manifest_is_gone_is_a_miss_and_removed() {
     let (_t, store) = store();
     let output = store.put_manifest(&Manifest::default()).unwrap();
-    store.ac_put(&key(3), &ActionResult { output, log: None }).unwrap();
+    store
+        .ac_put(&key(3), &ActionResult { output, log: None })
+        .unwrap();
     fs::remove_file(store.blob_path(&output)).unwrap();
     assert_eq!(store.ac_get(&key(3)).unwrap(), None);
     assert!(!ac_path(&store, &key(3)).exists());
@@ -62,7 +88,15 @@ fn entry_whose_log_is_gone_is_a_miss() {
     let (_t, store) = store();
     let output = store.put_manifest(&Manifest::default()).unwrap();
     let log = store.put_bytes(b"log").unwrap();
-    store.ac_put(&key(4), &ActionResult { output, log: Some(log) }).unwrap();
+    store
+        .ac_put(
+            &key(4),
+            &ActionResult {
+                output,
+                log: Some(log),
+            },
+        )
+        .unwrap();
     fs::remove_file(store.blob_path(&log)).unwrap();
     assert_eq!(store.ac_get(&key(4)).unwrap(), None);
     assert!(!ac_path(&store, &key(4)).exists());
@@ -94,7 +128,9 @@ fn garbage_entries_are_misses_and_removed() {
 fn ac_remove() {
     let (_t, store) = store();
     let output = store.put_manifest(&Manifest::default()).unwrap();
-    store.ac_put(&key(5), &ActionResult { output, log: None }).unwrap();
+    store
+        .ac_put(&key(5), &ActionResult { output, log: None })
+        .unwrap();
     store.ac_remove(&key(5)).unwrap();
     assert_eq!(store.ac_get(&key(5)).unwrap(), None);
     store.ac_remove(&key(5)).unwrap();

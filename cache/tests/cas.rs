@@ -10,7 +10,12 @@ use kiln_cache::{Digest, StoreError};
 #[test]
 fn put_get_round_trip() {
     let (_t, store) = store();
-    for data in [Vec::new(), b"hello".to_vec(), noise(1, 100_000), vec![0u8; 1 << 20]] {
+    for data in [
+        Vec::new(),
+        b"hello".to_vec(),
+        noise(1, 100_000),
+        vec![0u8; 1 << 20],
+    ] {
         let d = store.put_bytes(&data).unwrap();
         assert_eq!(d, Digest::of(&data));
         assert!(store.has(&d));
@@ -53,7 +58,10 @@ fn missing_blob() {
         other => panic!("expected MissingBlob, got {other:?}"),
     }
     let dest = store.root().join("out.bin");
-    assert!(matches!(store.copy_to(&d, &dest), Err(StoreError::MissingBlob { .. })));
+    assert!(matches!(
+        store.copy_to(&d, &dest),
+        Err(StoreError::MissingBlob { .. })
+    ));
     assert!(!dest.exists());
 }
 
@@ -82,10 +90,17 @@ fn flipped_byte_is_corrupt_and_removed() {
 fn valid_zstd_of_wrong_content_is_corrupt() {
     let (_t, store) = store();
     let d = store.put_bytes(b"right").unwrap();
-    fs::write(store.blob_path(&d), zstd::encode_all(&b"wrong"[..], 3).unwrap()).unwrap();
+    fs::write(
+        store.blob_path(&d),
+        zstd::encode_all(&b"wrong"[..], 3).unwrap(),
+    )
+    .unwrap();
     let err = store.get_bytes(&d).unwrap_err();
     assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
-    assert!(err.to_string().contains(&Digest::of(b"wrong").to_hex()), "{err}");
+    assert!(
+        err.to_string().contains(&Digest::of(b"wrong").to_hex()),
+        "{err}"
+    );
     assert!(!store.has(&d));
 }
 
@@ -101,7 +116,10 @@ fn truncated_blob_is_corrupt_and_removed() {
         f.set_len(keep).unwrap();
         drop(f);
         let err = store.get_bytes(&d).unwrap_err();
-        assert!(matches!(err, StoreError::Corrupt { .. }), "truncated to {keep}: {err}");
+        assert!(
+            matches!(err, StoreError::Corrupt { .. }),
+            "truncated to {keep}: {err}"
+        );
         assert!(!path.exists());
     }
 }
@@ -110,7 +128,10 @@ fn truncated_blob_is_corrupt_and_removed() {
 fn put_file_small_and_streamed() {
     let (t, store) = store();
     // Just below, at and well above the in-memory limit (4 MiB).
-    for (i, len) in [0usize, 10, (4 << 20) - 1, 4 << 20, (4 << 20) + 1, 9 << 20].into_iter().enumerate() {
+    for (i, len) in [0usize, 10, (4 << 20) - 1, 4 << 20, (4 << 20) + 1, 9 << 20]
+        .into_iter()
+        .enumerate()
+    {
         let path = t.path().join(format!("f{i}"));
         let data = noise(i as u64, len);
         fs::write(&path, &data).unwrap();
@@ -135,8 +156,16 @@ fn copy_to_round_trip_and_overwrite() {
     store.copy_to(&d, &dest).unwrap();
     assert_eq!(fs::read(&dest).unwrap(), big);
     // No temp files left next to the destination.
-    let names: Vec<_> = fs::read_dir(t.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert!(names.iter().all(|n| !n.to_string_lossy().starts_with(".kiln-tmp")), "{names:?}");
+    let names: Vec<_> = fs::read_dir(t.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        names
+            .iter()
+            .all(|n| !n.to_string_lossy().starts_with(".kiln-tmp")),
+        "{names:?}"
+    );
 }
 
 #[test]
@@ -154,7 +183,11 @@ fn copy_to_of_corrupt_blob_leaves_destination_alone() {
     assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
     assert_eq!(fs::read(&dest).unwrap(), b"previous");
     assert!(!path.exists());
-    assert_eq!(fs::read_dir(t.path()).unwrap().count(), 2, "only store/ and dest");
+    assert_eq!(
+        fs::read_dir(t.path()).unwrap().count(),
+        2,
+        "only store/ and dest"
+    );
 }
 
 #[test]

@@ -35,7 +35,8 @@ fn make_tree(dir: &Path) {
 }
 
 fn entry<'a>(m: &'a Manifest, path: &str) -> &'a Entry {
-    m.get(path).unwrap_or_else(|| panic!("{path} not in manifest"))
+    m.get(path)
+        .unwrap_or_else(|| panic!("{path} not in manifest"))
 }
 
 #[test]
@@ -50,16 +51,34 @@ fn ingest_records_kinds_modes_and_links() {
     let mut sorted = paths.clone();
     sorted.sort();
     assert_eq!(paths, sorted);
-    assert_eq!(m.entries.len(), 22, "{paths:#?}");
+    assert_eq!(m.entries.len(), 21, "{paths:#?}");
 
     // Sorted order makes "ash" the first name of busybox's inode.
-    assert!(matches!(&entry(&m, "usr/bin/ash").kind, EntryKind::File { size: 30_000, .. }));
+    assert!(matches!(
+        &entry(&m, "usr/bin/ash").kind,
+        EntryKind::File { size: 30_000, .. }
+    ));
     for link in ["usr/bin/busybox", "usr/bin/zcat"] {
-        assert_eq!(entry(&m, link).kind, EntryKind::Hardlink { target: "usr/bin/ash".into() });
+        assert_eq!(
+            entry(&m, link).kind,
+            EntryKind::Hardlink {
+                target: "usr/bin/ash".into()
+            }
+        );
         assert_eq!(entry(&m, link).mode, 0o755);
     }
-    assert_eq!(entry(&m, "usr/bin/sh").kind, EntryKind::Symlink { target: "busybox".into() });
-    assert_eq!(entry(&m, "usr/bin/abs").kind, EntryKind::Symlink { target: "/usr/bin/busybox".into() });
+    assert_eq!(
+        entry(&m, "usr/bin/sh").kind,
+        EntryKind::Symlink {
+            target: "busybox".into()
+        }
+    );
+    assert_eq!(
+        entry(&m, "usr/bin/abs").kind,
+        EntryKind::Symlink {
+            target: "/usr/bin/busybox".into()
+        }
+    );
     assert_eq!(entry(&m, "usr/bin/passwd").mode, 0o4755);
     assert_eq!(entry(&m, "etc/shadow").mode, 0o600);
     assert_eq!(entry(&m, "tmp").mode, 0o1777);
@@ -68,7 +87,10 @@ fn ingest_records_kinds_modes_and_links() {
     assert_eq!(entry(&m, "ro/inner").mode, 0o555);
     assert_eq!(
         entry(&m, "etc/motd").kind,
-        EntryKind::File { blake3: Digest::of(b""), size: 0 }
+        EntryKind::File {
+            blake3: Digest::of(b""),
+            size: 0
+        }
     );
     // Same content, two separate files: two File entries, one blob.
     assert_eq!(
@@ -130,7 +152,10 @@ fn materialize_round_trips_the_tree() {
     assert_eq!(store.ingest_tree(&out, &[]).unwrap(), m);
 
     let meta = |p: &str| fs::symlink_metadata(out.join(p)).unwrap();
-    assert_eq!(fs::read(out.join("usr/bin/passwd")).unwrap(), b"setuid binary");
+    assert_eq!(
+        fs::read(out.join("usr/bin/passwd")).unwrap(),
+        b"setuid binary"
+    );
     assert_eq!(meta("usr/bin/passwd").mode() & 0o7777, 0o4755);
     assert_eq!(meta("tmp").mode() & 0o7777, 0o1777);
     assert_eq!(meta("ro").mode() & 0o7777, 0o500);
@@ -139,7 +164,10 @@ fn materialize_round_trips_the_tree() {
     assert_eq!(meta("usr/bin/ash").ino(), meta("usr/bin/zcat").ino());
     assert_eq!(meta("usr/bin/ash").nlink(), 3);
     assert_ne!(meta("usr/lib/big.so").ino(), meta("usr/lib/dup.so").ino());
-    assert_eq!(fs::read_link(out.join("usr/dangling")).unwrap(), Path::new("../missing/target"));
+    assert_eq!(
+        fs::read_link(out.join("usr/dangling")).unwrap(),
+        Path::new("../missing/target")
+    );
     assert!(meta("var/empty").is_dir());
 
     // Idempotent, and the temp area is clean.
@@ -164,7 +192,9 @@ fn concurrent_materializers_all_succeed() {
     let (t, store) = store();
     let src = t.path().join("out");
     make_tree(&src);
-    let d = store.put_manifest(&store.ingest_tree(&src, &[]).unwrap()).unwrap();
+    let d = store
+        .put_manifest(&store.ingest_tree(&src, &[]).unwrap())
+        .unwrap();
     let store = Arc::new(store);
     let barrier = Arc::new(std::sync::Barrier::new(4));
     let handles: Vec<_> = (0..4)
@@ -179,7 +209,10 @@ fn concurrent_materializers_all_succeed() {
     for h in handles {
         assert_eq!(h.join().unwrap(), store.output_path(&d));
     }
-    assert_eq!(fs::read(store.output_path(&d).join("etc/shadow")).unwrap(), b"root:x");
+    assert_eq!(
+        fs::read(store.output_path(&d).join("etc/shadow")).unwrap(),
+        b"root:x"
+    );
     assert_eq!(fs::read_dir(store.root().join("tmp")).unwrap().count(), 0);
 }
 
@@ -190,10 +223,15 @@ fn materialize_with_a_corrupt_blob_fails_cleanly() {
     make_tree(&src);
     let m = store.ingest_tree(&src, &[]).unwrap();
     let d = store.put_manifest(&m).unwrap();
-    let EntryKind::File { blake3, .. } = entry(&m, "etc/shadow").kind else { panic!() };
+    let EntryKind::File { blake3, .. } = entry(&m, "etc/shadow").kind else {
+        panic!()
+    };
     fs::write(store.blob_path(&blake3), b"garbage").unwrap();
     let err = store.materialize(&d).unwrap_err();
-    assert!(matches!(err, StoreError::Corrupt { digest, .. } if digest == blake3), "{err}");
+    assert!(
+        matches!(err, StoreError::Corrupt { digest, .. } if digest == blake3),
+        "{err}"
+    );
     assert!(!store.output_path(&d).exists());
     assert_eq!(fs::read_dir(store.root().join("tmp")).unwrap().count(), 0);
     // Re-ingesting repairs the store.
@@ -212,7 +250,10 @@ fn materialize_of_unknown_or_non_manifest_digest() {
     // A blob holding a manifest that would escape the tree is refused too.
     let evil = br#"{"entries":[{"path":"../escape","mode":420,"uid":0,"gid":0,"xattrs":{},"kind":"dir"}]}"#;
     let d = store.put_bytes(evil).unwrap();
-    assert!(matches!(store.materialize(&d), Err(StoreError::NotAManifest { .. })));
+    assert!(matches!(
+        store.materialize(&d),
+        Err(StoreError::NotAManifest { .. })
+    ));
     assert!(!store.root().join("outputs/escape").exists());
 }
 
@@ -228,10 +269,17 @@ fn put_manifest_checks_structure_and_blobs() {
         kind: EntryKind::File { blake3, size: 1 },
     };
     let missing = Digest::of(b"?");
-    let err = store.put_manifest(&Manifest::new(vec![file("a", missing)])).unwrap_err();
-    assert!(matches!(err, StoreError::MissingBlob { digest } if digest == missing), "{err}");
+    let err = store
+        .put_manifest(&Manifest::new(vec![file("a", missing)]))
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::MissingBlob { digest } if digest == missing),
+        "{err}"
+    );
     let present = store.put_bytes(b"!").unwrap();
-    let err = store.put_manifest(&Manifest::new(vec![file("a/b", present)])).unwrap_err();
+    let err = store
+        .put_manifest(&Manifest::new(vec![file("a/b", present)]))
+        .unwrap_err();
     assert!(matches!(err, StoreError::InvalidManifest(_)), "{err}");
     let m = Manifest::new(vec![file("a", present)]);
     let d = store.put_manifest(&m).unwrap();
@@ -273,16 +321,25 @@ fn overrides_apply_and_propagate_to_hardlinks() {
     }
     let big = entry(&m, "usr/lib/big.so");
     assert_eq!((big.mode, big.uid, big.gid), (0o644, 7, 0));
-    assert_eq!(big.xattrs.get(CAPABILITY_XATTR).map(String::as_str), Some("cap_net_raw+ep"));
+    assert_eq!(
+        big.xattrs.get(CAPABILITY_XATTR).map(String::as_str),
+        Some("cap_net_raw+ep")
+    );
     // The identical-content file is a different inode: untouched.
     assert!(entry(&m, "usr/lib/dup.so").xattrs.is_empty());
     let v = entry(&m, "var/empty");
     assert_eq!((v.mode, v.uid, v.gid), (0o700, 33, 33));
     // Overrides are part of the output hash.
-    assert_ne!(m.digest().unwrap(), store.ingest_tree(&src, &[]).unwrap().digest().unwrap());
+    assert_ne!(
+        m.digest().unwrap(),
+        store.ingest_tree(&src, &[]).unwrap().digest().unwrap()
+    );
     // And materialize applies the overridden mode.
     let out = store.materialize(&store.put_manifest(&m).unwrap()).unwrap();
-    assert_eq!(fs::metadata(out.join("usr/bin/zcat")).unwrap().mode() & 0o7777, 0o4711);
+    assert_eq!(
+        fs::metadata(out.join("usr/bin/zcat")).unwrap().mode() & 0o7777,
+        0o4711
+    );
 }
 
 #[test]
@@ -297,22 +354,37 @@ fn bad_overrides_are_errors_naming_the_path() {
     let cases = vec![
         (vec![ov("usr/bin/nope")], "usr/bin/nope"),
         (
-            vec![MetaOverride { mode: Some(0o100755), ..ov("usr/bin/sh") }],
+            vec![MetaOverride {
+                mode: Some(0o100755),
+                ..ov("usr/bin/sh")
+            }],
             "usr/bin/sh",
         ),
         (
-            vec![MetaOverride { caps: Some("cap_chown+ep".into()), ..ov("usr/bin/sh") }],
+            vec![MetaOverride {
+                caps: Some("cap_chown+ep".into()),
+                ..ov("usr/bin/sh")
+            }],
             "usr/bin/sh",
         ),
         (
-            vec![MetaOverride { caps: Some("cap_chown+ep".into()), ..ov("etc") }],
+            vec![MetaOverride {
+                caps: Some("cap_chown+ep".into()),
+                ..ov("etc")
+            }],
             "etc",
         ),
         (vec![ov("etc/motd"), ov("etc/motd")], "etc/motd"),
         (
             vec![
-                MetaOverride { uid: Some(1), ..ov("usr/bin/ash") },
-                MetaOverride { uid: Some(2), ..ov("usr/bin/zcat") },
+                MetaOverride {
+                    uid: Some(1),
+                    ..ov("usr/bin/ash")
+                },
+                MetaOverride {
+                    uid: Some(2),
+                    ..ov("usr/bin/zcat")
+                },
             ],
             "usr/bin/zcat",
         ),
@@ -320,7 +392,10 @@ fn bad_overrides_are_errors_naming_the_path() {
     for (overrides, path) in cases {
         let err = store.ingest_tree(&src, &overrides).unwrap_err();
         assert!(
-            matches!(err, StoreError::UnknownOverride { .. } | StoreError::InvalidOverride { .. }),
+            matches!(
+                err,
+                StoreError::UnknownOverride { .. } | StoreError::InvalidOverride { .. }
+            ),
             "{err}"
         );
         assert!(err.to_string().contains(path), "{err} should name {path}");
@@ -337,14 +412,20 @@ fn special_files_are_errors_naming_the_path() {
     // SAFETY: c is a valid NUL-terminated path.
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
     let err = store.ingest_tree(&src, &[]).unwrap_err();
-    assert!(matches!(err, StoreError::UnsupportedFileType { kind: "fifo", .. }), "{err}");
+    assert!(
+        matches!(err, StoreError::UnsupportedFileType { kind: "fifo", .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("etc/initctl"), "{err}");
     fs::remove_file(&fifo).unwrap();
 
     let sock = src.join("run.sock");
     let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
     let err = store.ingest_tree(&src, &[]).unwrap_err();
-    assert!(matches!(err, StoreError::UnsupportedFileType { kind: "socket", .. }), "{err}");
+    assert!(
+        matches!(err, StoreError::UnsupportedFileType { kind: "socket", .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("run.sock"), "{err}");
 }
 
@@ -353,8 +434,13 @@ fn ingest_of_a_non_directory() {
     let (t, store) = store();
     let f = t.path().join("file");
     fs::write(&f, b"x").unwrap();
-    assert!(matches!(store.ingest_tree(&f, &[]), Err(StoreError::NotADirectory { .. })));
-    let err = store.ingest_tree(&t.path().join("missing"), &[]).unwrap_err();
+    assert!(matches!(
+        store.ingest_tree(&f, &[]),
+        Err(StoreError::NotADirectory { .. })
+    ));
+    let err = store
+        .ingest_tree(&t.path().join("missing"), &[])
+        .unwrap_err();
     assert!(err.to_string().contains("missing"), "{err}");
 }
 
@@ -365,5 +451,8 @@ fn non_utf8_names_are_errors() {
     let src = t.path().join("out");
     fs::create_dir(&src).unwrap();
     fs::write(src.join(std::ffi::OsStr::from_bytes(b"bad\xffname")), b"x").unwrap();
-    assert!(matches!(store.ingest_tree(&src, &[]), Err(StoreError::NonUtf8Path { .. })));
+    assert!(matches!(
+        store.ingest_tree(&src, &[]),
+        Err(StoreError::NonUtf8Path { .. })
+    ));
 }

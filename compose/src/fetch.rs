@@ -749,11 +749,46 @@ fn detect(head: &[u8]) -> Option<Format> {
         Some(Format::Xz)
     } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
         Some(Format::Zstd)
-    } else if head.get(257..262) == Some(b"ustar") {
+    } else if head.get(257..262) == Some(b"ustar") || is_v7_tar_header(head) {
         Some(Format::Tar)
     } else {
         None
     }
+}
+
+/// Pre-POSIX tar headers have no magic; their checksum is what identifies them.
+fn is_v7_tar_header(head: &[u8]) -> bool {
+    let Some(header) = head.get(..512) else {
+        return false;
+    };
+    if header[0] == 0 {
+        return false;
+    }
+    let field = &header[148..156];
+    let digits: Vec<u8> = field
+        .iter()
+        .copied()
+        .skip_while(|b| *b == b' ')
+        .take_while(|b| (b'0'..=b'7').contains(b))
+        .collect();
+    let Some(recorded) = std::str::from_utf8(&digits)
+        .ok()
+        .and_then(|d| u32::from_str_radix(d, 8).ok())
+    else {
+        return false;
+    };
+    let sum: u32 = header
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            if (148..156).contains(&i) {
+                u32::from(b' ')
+            } else {
+                u32::from(*b)
+            }
+        })
+        .sum();
+    sum == recorded
 }
 
 /// Unpacks the stored archive `digest` into `dest`, dropping `strip` leading
@@ -977,18 +1012,24 @@ impl<'a> Extractor<'a> {
         let Some(rel) = clean_path(&raw, self.strip).map_err(|why| self.refuse(&raw, why))? else {
             return Ok(());
         };
-        let mode = entry
-            .header()
-            .mode()
-            .map_err(|source| self.unpack_err(&raw, source))?
-            & 0o777;
+        // Only read for the kinds that use it: archivers often leave the
+        // field empty on links.
+        let mode = |entry: &tar::Entry<'_, R>| {
+            entry
+                .header()
+                .mode()
+                .map(|m| m & 0o777)
+                .map_err(|source| self.unpack_err(&raw, source))
+        };
         let full = self.dest.join(&rel);
         match kind {
             tar::EntryType::Directory => {
+                let mode = mode(&entry)?;
                 self.ensure_dir(&raw, &rel)?;
                 self.dir_modes.push((rel, mode));
             }
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+                let mode = mode(&entry)?;
                 self.prepare(&raw, &rel)?;
                 let mut file = OpenOptions::new()
                     .write(true)
@@ -1210,9 +1251,10 @@ mod tests {
         let store = Store::open(tmp.path().join("store")).unwrap();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
+        let (done, wait) = std::sync::mpsc::channel::<()>();
         let hold = std::thread::spawn(move || {
             let conn = listener.accept();
-            std::thread::sleep(Duration::from_secs(3));
+            let _ = wait.recv_timeout(Duration::from_secs(10));
             drop(conn);
         });
         let mirror = Mirror::parse(&format!("http://127.0.0.1:{port}")).unwrap();
@@ -1238,6 +1280,7 @@ mod tests {
             start.elapsed()
         );
         assert!(err.to_string().contains("timed out"), "{err}");
+        done.send(()).unwrap();
         hold.join().unwrap();
     }
 }

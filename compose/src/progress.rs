@@ -151,6 +151,10 @@ impl Events for Progress {
                 let mut out = std::io::stdout().lock();
                 let _ = writeln!(out, "{line}");
             }
+            // A CI log should still show why a build failed without parsing JSON.
+            if let Event::Failed { recipe, error, .. } = e {
+                eprintln!("kiln: FAILED {recipe}\n{error}");
+            }
             return;
         }
         let Ok(mut s) = self.state.lock() else { return };

@@ -66,7 +66,9 @@ pub fn noise(seed: u64, len: usize) -> Vec<u8> {
 /// All files below `dir`, recursively.
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    let Ok(rd) = fs::read_dir(dir) else { return out };
+    let Ok(rd) = fs::read_dir(dir) else {
+        return out;
+    };
     for entry in rd {
         let entry = entry.unwrap();
         if entry.file_type().unwrap().is_dir() {
