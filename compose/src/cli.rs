@@ -44,8 +44,9 @@ struct Cli {
 enum Command {
     /// Build a board's packages, or one recipe for a board.
     Build {
-        /// A board (name or .rhai path) or a recipe name.
-        target: String,
+        /// A board (name or .rhai path), or recipe names (built for --board).
+        #[arg(required = true)]
+        targets: Vec<String>,
         #[arg(long)]
         board: Option<String>,
         /// Build everything that doesn't depend on a failure.
@@ -273,7 +274,7 @@ fn recipe_root(s: &Session, eval: &Evaluation, recipe: &str) -> Result<Vec<(Stri
 fn run(cli: Cli) -> CliResult {
     let s = Session::open(&cli)?;
     match &cli.command {
-        Command::Build { target, board, keep_going, jobs } => cmd_build(&s, target, board.as_deref(), *keep_going, *jobs),
+        Command::Build { targets, board, keep_going, jobs } => cmd_build(&s, targets, board.as_deref(), *keep_going, *jobs),
         Command::Show { recipe, board } => cmd_show(&s, recipe, board.as_deref()),
         Command::Graph { board, format } => cmd_graph(&s, board.as_deref(), *format),
         Command::Why { recipe, board } => cmd_why(&s, recipe, board.as_deref()),
@@ -293,16 +294,20 @@ fn context<'a>(s: &'a Session, eval: &'a Evaluation, plan: &'a Plan, store: &'a 
     Context::new(&s.project, eval, plan, store).map_err(|e| Failure::usage(format!("error: {e}")))
 }
 
-fn cmd_build(s: &Session, target: &str, board: Option<&str>, keep_going: bool, jobs: Option<usize>) -> CliResult {
-    let (board_name, recipe) = if is_board(s, target) && board.is_none() {
-        (target.to_string(), None)
-    } else {
-        (s.board_name(board)?, Some(target))
+fn cmd_build(s: &Session, targets: &[String], board: Option<&str>, keep_going: bool, jobs: Option<usize>) -> CliResult {
+    let (board_name, recipes): (String, Vec<&str>) = match targets {
+        [one] if board.is_none() && is_board(s, one) => (one.clone(), Vec::new()),
+        _ => (s.board_name(board)?, targets.iter().map(String::as_str).collect()),
     };
     let eval = s.evaluate(&board_name)?;
-    let roots = match recipe {
-        Some(r) => recipe_root(s, &eval, r)?,
-        None => board_roots(&eval),
+    let roots = if recipes.is_empty() {
+        board_roots(&eval)
+    } else {
+        let mut roots = Vec::new();
+        for r in &recipes {
+            roots.extend(recipe_root(s, &eval, r)?);
+        }
+        roots
     };
     let plan = s.plan(&eval, &roots)?;
     let store = s.store()?;
@@ -330,10 +335,8 @@ fn cmd_build(s: &Session, target: &str, board: Option<&str>, keep_going: bool, j
         keys: report.results.values().filter_map(|r| r.key()).collect(),
         outputs: report.results.values().filter_map(|r| r.output()).collect(),
     };
-    let root_name = match recipe {
-        Some(r) => format!("{}.{r}", eval.board.name),
-        None => eval.board.name.clone(),
-    };
+    let root_name =
+        if recipes.is_empty() { eval.board.name.clone() } else { format!("{}.{}", eval.board.name, recipes.join("+")) };
     if let Err(e) = store.write_root(&root_name, &root) {
         eprintln!("warning: cannot record GC root {root_name}: {e}");
     }
@@ -347,8 +350,8 @@ fn cmd_build(s: &Session, target: &str, board: Option<&str>, keep_going: bool, j
             failed.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
         )));
     }
-    if let Some(r) = recipe {
-        if let Some(out) = report.results.get(r).and_then(|x| x.output()) {
+    for r in &recipes {
+        if let Some(out) = report.results.get(*r).and_then(|x| x.output()) {
             let path = store.materialize(&out).map_err(|e| Failure::build(format!("error: {e}")))?;
             let link = s.project.root.join("out").join(&eval.board.name).join(r);
             link_result(&path, &link);
