@@ -15,10 +15,24 @@ fn build(p: &TestProject, args: &[&str]) -> std::process::Output {
 fn second_build_runs_nothing_and_everything_is_cached() {
     let p = TestProject::new();
     p.board(&["app"]);
-    p.write("recipes/lib.rhai", &shell_recipe("lib", &[], &["mkdir -p /out/usr/lib", "echo lib > /out/usr/lib/data"]));
+    p.write(
+        "recipes/lib.rhai",
+        &shell_recipe(
+            "lib",
+            &[],
+            &["mkdir -p /out/usr/lib", "echo lib > /out/usr/lib/data"],
+        ),
+    );
     p.write(
         "recipes/app.rhai",
-        &shell_recipe("app", &["lib"], &["mkdir -p /out/usr/bin", "cat /deps/lib/usr/lib/data /sysroot/usr/lib/data > /out/usr/bin/app"]),
+        &shell_recipe(
+            "app",
+            &["lib"],
+            &[
+                "mkdir -p /out/usr/bin",
+                "cat /deps/lib/usr/lib/data /sysroot/usr/lib/data > /out/usr/bin/app",
+            ],
+        ),
     );
     let first = build(&p, &[]);
     assert!(first.status.success(), "{}", stderr(&first));
@@ -36,7 +50,8 @@ fn second_build_runs_nothing_and_everything_is_cached() {
     let out = p.kiln(&["build", "app"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let path = stdout(&out).trim().to_string();
-    let app = std::fs::read_to_string(std::path::Path::new(&path).join("usr/bin/app")).expect("app output");
+    let app = std::fs::read_to_string(std::path::Path::new(&path).join("usr/bin/app"))
+        .expect("app output");
     assert_eq!(app, "lib\nlib\n");
 }
 
@@ -44,12 +59,21 @@ fn second_build_runs_nothing_and_everything_is_cached() {
 fn early_cutoff_when_a_rebuilt_dependency_produces_the_same_bytes() {
     let p = TestProject::new();
     p.board(&["app"]);
-    p.write("recipes/lib.rhai", &shell_recipe("lib", &[], &["echo same > /out/lib"]));
-    p.write("recipes/app.rhai", &shell_recipe("app", &["lib"], &["cp /deps/lib/lib /out/app"]));
+    p.write(
+        "recipes/lib.rhai",
+        &shell_recipe("lib", &[], &["echo same > /out/lib"]),
+    );
+    p.write(
+        "recipes/app.rhai",
+        &shell_recipe("app", &["lib"], &["cp /deps/lib/lib /out/app"]),
+    );
     assert!(build(&p, &[]).status.success());
 
     // A different step that writes the same bytes: lib rebuilds, app doesn't.
-    p.write("recipes/lib.rhai", &shell_recipe("lib", &[], &["printf 'same\\n' > /out/lib"]));
+    p.write(
+        "recipes/lib.rhai",
+        &shell_recipe("lib", &[], &["printf 'same\\n' > /out/lib"]),
+    );
     let again = build(&p, &[]);
     assert!(again.status.success(), "{}", stderr(&again));
     let o = outcomes(&again);
@@ -57,13 +81,19 @@ fn early_cutoff_when_a_rebuilt_dependency_produces_the_same_bytes() {
     assert_eq!(o["app"], "cached");
 
     // Different bytes: both rebuild.
-    p.write("recipes/lib.rhai", &shell_recipe("lib", &[], &["echo different > /out/lib"]));
+    p.write(
+        "recipes/lib.rhai",
+        &shell_recipe("lib", &[], &["echo different > /out/lib"]),
+    );
     let o = outcomes(&build(&p, &[]));
     assert_eq!(o["lib"], "built");
     assert_eq!(o["app"], "built");
 
     // `kiln why` names the changed input.
-    p.write("recipes/lib.rhai", &shell_recipe("lib", &[], &["echo changed-again > /out/lib"]));
+    p.write(
+        "recipes/lib.rhai",
+        &shell_recipe("lib", &[], &["echo changed-again > /out/lib"]),
+    );
     let why = p.kiln(&["why", "lib"]);
     assert!(why.status.success(), "{}", stderr(&why));
     let text = stdout(&why);
@@ -81,14 +111,29 @@ fn the_sandbox_has_no_network() {
     // bash's /dev/tcp opens a real TCP connection.
     p.write(
         "recipes/net.rhai",
-        &shell_recipe("net", &[], &[&format!("bash -c 'echo hi > /dev/tcp/127.0.0.1/{port}' && echo CONNECTED > /out/x")]),
+        &shell_recipe(
+            "net",
+            &[],
+            &[&format!(
+                "bash -c 'echo hi > /dev/tcp/127.0.0.1/{port}' && echo CONNECTED > /out/x"
+            )],
+        ),
     );
     let o = build(&p, &[]);
-    assert!(!o.status.success(), "a network connection must fail in the sandbox");
-    assert!(listener.accept().is_err(), "the host listener must not see a connection");
+    assert!(
+        !o.status.success(),
+        "a network connection must fail in the sandbox"
+    );
+    assert!(
+        listener.accept().is_err(),
+        "the host listener must not see a connection"
+    );
     let err = stderr(&o);
     assert!(err.contains("recipe `net` failed in step 1/1"), "{err}");
-    assert!(err.contains("Network is unreachable") || err.contains("Connection refused"), "{err}");
+    assert!(
+        err.contains("Network is unreachable") || err.contains("Connection refused"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -98,16 +143,30 @@ fn a_recipe_cannot_write_outside_out() {
     let victim = p.root().join("victim");
     p.write(
         "recipes/w.rhai",
-        &shell_recipe("w", &[], &[&format!("touch /usr/kiln-escape || touch {} || echo contained > /out/ok", victim.display())]),
+        &shell_recipe(
+            "w",
+            &[],
+            &[&format!(
+                "touch /usr/kiln-escape || touch {} || echo contained > /out/ok",
+                victim.display()
+            )],
+        ),
     );
     let o = build(&p, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(!std::path::Path::new("/usr/kiln-escape").exists());
     assert!(!victim.exists());
-    p.write("recipes/w.rhai", &shell_recipe("w", &[], &["touch /usr/kiln-escape"]));
+    p.write(
+        "recipes/w.rhai",
+        &shell_recipe("w", &[], &["touch /usr/kiln-escape"]),
+    );
     let o = build(&p, &[]);
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("Read-only file system"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("Read-only file system"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -128,27 +187,65 @@ fn sandbox_identity_and_environment_are_fixed() {
     let read = |f: &str| std::fs::read_to_string(out.join(f)).expect("output file");
     assert_eq!(read("hostname"), "kiln\n");
     assert_eq!(read("uid"), "0\n");
-    assert!(read("pid").trim().parse::<u32>().expect("pid") < 10, "pid namespace");
+    assert!(
+        read("pid").trim().parse::<u32>().expect("pid") < 10,
+        "pid namespace"
+    );
     assert_eq!(read("umask"), "0022\n");
     let env = read("env");
     assert!(env.contains("SOURCE_DATE_EPOCH=1700000000\n"), "{env}");
-    assert!(env.contains("TZ=UTC\n") && env.contains("LC_ALL=C.UTF-8\n"), "{env}");
-    assert!(env.contains("PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin\n"), "{env}");
-    assert!(!env.contains(&std::env::var("HOME").unwrap_or("/root".into()).replace("/tmp", "")) || env.contains("HOME=/tmp"));
-    assert!(!env.contains("CARGO_MANIFEST_DIR"), "the host environment leaked: {env}");
+    assert!(
+        env.contains("TZ=UTC\n") && env.contains("LC_ALL=C.UTF-8\n"),
+        "{env}"
+    );
+    assert!(
+        env.contains("PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin\n"),
+        "{env}"
+    );
+    assert!(
+        !env.contains(
+            &std::env::var("HOME")
+                .unwrap_or("/root".into())
+                .replace("/tmp", "")
+        ) || env.contains("HOME=/tmp")
+    );
+    assert!(
+        !env.contains("CARGO_MANIFEST_DIR"),
+        "the host environment leaked: {env}"
+    );
 }
 
 #[test]
 fn failures_name_recipe_step_exit_code_and_log_tail_and_keep_going_builds_the_rest() {
     let p = TestProject::new();
     p.board(&["bad", "good", "after-bad"]);
-    p.write("recipes/bad.rhai", &shell_recipe("bad", &[], &["echo preparing", "echo 'the real problem' >&2; exit 3", "echo never"]));
-    p.write("recipes/after-bad.rhai", &shell_recipe("after-bad", &["bad"], &["true"]));
-    p.write("recipes/good.rhai", &shell_recipe("good", &[], &["echo fine > /out/good"]));
+    p.write(
+        "recipes/bad.rhai",
+        &shell_recipe(
+            "bad",
+            &[],
+            &[
+                "echo preparing",
+                "echo 'the real problem' >&2; exit 3",
+                "echo never",
+            ],
+        ),
+    );
+    p.write(
+        "recipes/after-bad.rhai",
+        &shell_recipe("after-bad", &["bad"], &["true"]),
+    );
+    p.write(
+        "recipes/good.rhai",
+        &shell_recipe("good", &[], &["echo fine > /out/good"]),
+    );
     let o = build(&p, &["--keep-going"]);
     assert_eq!(o.status.code(), Some(1));
     let err = stderr(&o);
-    assert!(err.contains("recipe `bad` failed in step 2/3 `step 2`"), "{err}");
+    assert!(
+        err.contains("recipe `bad` failed in step 2/3 `step 2`"),
+        "{err}"
+    );
     assert!(err.contains("recipes/bad.rhai:"), "{err}");
     assert!(err.contains("exit code 3"), "{err}");
     assert!(err.contains("the real problem"), "{err}");
@@ -162,7 +259,10 @@ fn failures_name_recipe_step_exit_code_and_log_tail_and_keep_going_builds_the_re
     assert!(!stdout(&log).contains("never\n"));
 
     // Nothing of the failed build reached the action cache: a fixed recipe builds.
-    p.write("recipes/bad.rhai", &shell_recipe("bad", &[], &["echo ok > /out/ok"]));
+    p.write(
+        "recipes/bad.rhai",
+        &shell_recipe("bad", &[], &["echo ok > /out/ok"]),
+    );
     let o = build(&p, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
 }
@@ -182,16 +282,37 @@ fn declared_installs_and_permissions_are_checked_and_recorded() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("/usr/bin/missing"), "{}", stderr(&o));
 
-    p.write("recipes/perm.rhai", &std::fs::read_to_string(p.root().join("recipes/perm.rhai")).expect("read").replace(", \"/usr/bin/missing\"", ""));
+    p.write(
+        "recipes/perm.rhai",
+        &std::fs::read_to_string(p.root().join("recipes/perm.rhai"))
+            .expect("read")
+            .replace(", \"/usr/bin/missing\"", ""),
+    );
     let o = p.kiln(&["--json", "build", "perm"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let output = events(&o).into_iter().find(|e| e["event"] == "built").expect("built event")["output"].as_str().expect("output").to_string();
+    let output = events(&o)
+        .into_iter()
+        .find(|e| e["event"] == "built")
+        .expect("built event")["output"]
+        .as_str()
+        .expect("output")
+        .to_string();
     let blob = p.store.path().join("cas").join(&output[..2]).join(&output);
     let manifest = zstd_decode(&std::fs::read(blob).expect("manifest blob"));
     let m: serde_json::Value = serde_json::from_slice(&manifest).expect("manifest json");
-    let ping = m["entries"].as_array().expect("entries").iter().find(|e| e["path"] == "usr/bin/ping").expect("ping").clone();
+    let ping = m["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .find(|e| e["path"] == "usr/bin/ping")
+        .expect("ping")
+        .clone();
     assert_eq!(ping["mode"], 0o4755);
-    assert_eq!(ping["xattrs"]["security.capability"].as_str().is_some(), true, "{ping}");
+    assert_eq!(
+        ping["xattrs"]["security.capability"].as_str(),
+        Some(hex("cap_net_raw+ep").as_str()),
+        "{ping}"
+    );
 }
 
 fn zstd_decode(bytes: &[u8]) -> Vec<u8> {
@@ -213,8 +334,18 @@ fn zstd_decode(bytes: &[u8]) -> Vec<u8> {
 fn killed_builds_leave_a_usable_store() {
     let p = TestProject::new();
     p.board(&["slow", "quick"]);
-    p.write("recipes/slow.rhai", &shell_recipe("slow", &[], &["echo start > /out/a", "sleep 30", "echo done > /out/b"]));
-    p.write("recipes/quick.rhai", &shell_recipe("quick", &[], &["echo q > /out/q"]));
+    p.write(
+        "recipes/slow.rhai",
+        &shell_recipe(
+            "slow",
+            &[],
+            &["echo start > /out/a", "sleep 30", "echo done > /out/b"],
+        ),
+    );
+    p.write(
+        "recipes/quick.rhai",
+        &shell_recipe("quick", &[], &["echo q > /out/q"]),
+    );
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
         .arg("--project")
         .arg(p.root())
@@ -227,16 +358,31 @@ fn killed_builds_leave_a_usable_store() {
         .spawn()
         .expect("spawn");
     std::thread::sleep(std::time::Duration::from_millis(1500));
-    let _ = std::process::Command::new("kill").args(["-9", &child.id().to_string()]).status();
+    let _ = std::process::Command::new("kill")
+        .args(["-9", &child.id().to_string()])
+        .status();
     let _ = child.wait();
     // The sandbox died with it (no stray sleep from the build).
     std::thread::sleep(std::time::Duration::from_millis(300));
-    let ps = std::process::Command::new("pgrep").args(["-f", "sleep 30"]).output().expect("pgrep");
-    assert!(ps.stdout.is_empty(), "a sandboxed process survived kill -9 of kiln");
+    let ps = std::process::Command::new("pgrep")
+        .args(["-f", "sleep 30"])
+        .output()
+        .expect("pgrep");
+    assert!(
+        ps.stdout.is_empty(),
+        "a sandboxed process survived kill -9 of kiln"
+    );
 
     // The next build uses the store correctly: the slow recipe is rebuilt, never half-cached.
-    p.write("recipes/slow.rhai", &shell_recipe("slow", &[], &["echo start > /out/a", "echo done > /out/b"]));
+    p.write(
+        "recipes/slow.rhai",
+        &shell_recipe("slow", &[], &["echo start > /out/a", "echo done > /out/b"]),
+    );
     let o = build(&p, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(outcomes(&o)["slow"], "built");
+}
+
+fn hex(s: &str) -> String {
+    s.bytes().map(|b| format!("{b:02x}")).collect()
 }

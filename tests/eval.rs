@@ -6,7 +6,12 @@ use common::*;
 
 fn check_fails(p: &TestProject) -> String {
     let o = p.kiln(&["check"]);
-    assert_eq!(o.status.code(), Some(2), "kiln check should fail; stderr:\n{}", stderr(&o));
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "kiln check should fail; stderr:\n{}",
+        stderr(&o)
+    );
     stderr(&o)
 }
 
@@ -14,7 +19,10 @@ fn check_fails(p: &TestProject) -> String {
 fn unknown_field_is_located_and_suggested() {
     let p = TestProject::new();
     p.board(&["a"]);
-    p.write("recipes/a.rhai", "#{\n    name: \"a\",\n    verison: \"1\",\n    steps: [\"true\"],\n}\n");
+    p.write(
+        "recipes/a.rhai",
+        "#{\n    name: \"a\",\n    verison: \"1\",\n    steps: [\"true\"],\n}\n",
+    );
     let err = check_fails(&p);
     assert!(err.contains("unknown field `verison` in recipe"), "{err}");
     assert!(err.contains("recipes/a.rhai:3:5"), "{err}");
@@ -27,9 +35,15 @@ fn unknown_field_is_located_and_suggested() {
 fn wrong_type_names_both_types() {
     let p = TestProject::new();
     p.board(&["a"]);
-    p.write("recipes/a.rhai", "#{\n    name: \"a\",\n    version: 3,\n    steps: [\"true\"],\n}\n");
+    p.write(
+        "recipes/a.rhai",
+        "#{\n    name: \"a\",\n    version: 3,\n    steps: [\"true\"],\n}\n",
+    );
     let err = check_fails(&p);
-    assert!(err.contains("field `version` must be a string, found an integer"), "{err}");
+    assert!(
+        err.contains("field `version` must be a string, found an integer"),
+        "{err}"
+    );
     assert!(err.contains("recipes/a.rhai:3:5"), "{err}");
 }
 
@@ -51,7 +65,10 @@ fn nested_source_errors_point_at_the_right_entry() {
 "#,
     );
     let err = check_fails(&p);
-    assert!(err.contains("`sha256` `xyz` is not 64 lowercase hex digits"), "{err}");
+    assert!(
+        err.contains("`sha256` `xyz` is not 64 lowercase hex digits"),
+        "{err}"
+    );
     assert!(err.contains("recipes/a.rhai:6:49"), "{err}");
 }
 
@@ -62,7 +79,10 @@ fn missing_dependency_is_located_with_suggestion() {
     p.write("recipes/zlib.rhai", &shell_recipe("zlib", &[], &["true"]));
     p.write("recipes/a.rhai", "#{\n    name: \"a\",\n    version: \"1\",\n    build_deps: [\"zlbi\"],\n    steps: [\"true\"],\n}\n");
     let err = check_fails(&p);
-    assert!(err.contains("no recipe named `zlbi`, which is a dependency of `a`"), "{err}");
+    assert!(
+        err.contains("no recipe named `zlbi`, which is a dependency of `a`"),
+        "{err}"
+    );
     assert!(err.contains("recipes/a.rhai:4:18"), "{err}");
     assert!(err.contains("did you mean `zlib`?"), "{err}");
 }
@@ -76,7 +96,10 @@ fn duplicate_recipe_names_both_files() {
     let err = check_fails(&p);
     assert!(err.contains("duplicate recipe name `a`"), "{err}");
     assert!(err.contains("recipes/a.rhai:2:5"), "{err}");
-    assert!(err.contains("already defined in recipes/a-copy.rhai"), "{err}");
+    assert!(
+        err.contains("already defined in recipes/a-copy.rhai"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -97,10 +120,16 @@ fn cycle_prints_the_whole_path() {
 fn endless_loop_stops_with_a_position() {
     let p = TestProject::new();
     p.board(&["a"]);
-    p.write("recipes/a.rhai", "let x = 0;\nloop {\n    x += 1;\n}\n#{ name: \"a\", version: \"1\", steps: [] }\n");
+    p.write(
+        "recipes/a.rhai",
+        "let x = 0;\nloop {\n    x += 1;\n}\n#{ name: \"a\", version: \"1\", steps: [] }\n",
+    );
     let start = std::time::Instant::now();
     let err = check_fails(&p);
-    assert!(start.elapsed().as_secs() < 20, "the loop must be stopped quickly");
+    assert!(
+        start.elapsed().as_secs() < 20,
+        "the loop must be stopped quickly"
+    );
     assert!(err.contains("endless loop"), "{err}");
     assert!(err.contains("recipes/a.rhai:3:"), "{err}");
 }
@@ -114,7 +143,10 @@ fn scripts_cannot_read_outside_their_directory() {
     assert!(err.contains("not a plain relative path"), "{err}");
     assert!(err.contains("recipes/a.rhai:1:"), "{err}");
 
-    p.write("recipes/a.rhai", "import \"../../etc/x\" as x;\n#{ name: \"a\", version: \"1\", steps: [] }\n");
+    p.write(
+        "recipes/a.rhai",
+        "import \"../../etc/x\" as x;\n#{ name: \"a\", version: \"1\", steps: [] }\n",
+    );
     let err = check_fails(&p);
     assert!(err.contains("imports name a module"), "{err}");
 }
@@ -132,14 +164,20 @@ fn reading_own_files_works_and_is_hashed() {
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
     assert_eq!(v["recipe"]["env"]["CFG"], "CONFIG_X=y\n");
-    assert_eq!(v["recipe"]["env"]["H"], blake3::hash(b"CONFIG_X=y\n").to_hex().as_str());
+    assert_eq!(
+        v["recipe"]["env"]["H"],
+        blake3::hash(b"CONFIG_X=y\n").to_hex().as_str()
+    );
 }
 
 #[test]
 fn syntax_errors_are_located() {
     let p = TestProject::new();
     p.board(&["a"]);
-    p.write("recipes/a.rhai", "#{\n    name: \"a\",\n    version: \"1\"\n    steps: [],\n}\n");
+    p.write(
+        "recipes/a.rhai",
+        "#{\n    name: \"a\",\n    version: \"1\"\n    steps: [],\n}\n",
+    );
     let err = check_fails(&p);
     assert!(err.contains("syntax error"), "{err}");
     assert!(err.contains("recipes/a.rhai:4:"), "{err}");
@@ -148,7 +186,10 @@ fn syntax_errors_are_located() {
 #[test]
 fn board_overrides_apply_and_errors_point_at_the_board() {
     let p = TestProject::new();
-    p.write("recipes/a.rhai", &shell_recipe("a", &[], &["echo base > /out/a"]));
+    p.write(
+        "recipes/a.rhai",
+        &shell_recipe("a", &[], &["echo base > /out/a"]),
+    );
     p.write("recipes/b.rhai", &shell_recipe("b", &[], &["true"]));
     let board = BOARD.replace("PACKAGES", "[\"a\", \"b\"]").replace(
         "packages:",
@@ -167,7 +208,10 @@ fn board_overrides_apply_and_errors_point_at_the_board() {
     let bad = board.replace("a: #{ env: #{ EXTRA: \"1\" } }", "a: #{ version: 7 }");
     p.write("boards/test-board.rhai", &bad);
     let err = check_fails(&p);
-    assert!(err.contains("field `version` must be a string, found an integer"), "{err}");
+    assert!(
+        err.contains("field `version` must be a string, found an integer"),
+        "{err}"
+    );
     assert!(err.contains("boards/test-board.rhai:8:"), "{err}");
 
     let bad = board.replace("a: #{ env", "nope: #{ env");
@@ -180,7 +224,9 @@ fn board_overrides_apply_and_errors_point_at_the_board() {
 fn unknown_board_field_and_missing_package() {
     let p = TestProject::new();
     p.write("recipes/a.rhai", &shell_recipe("a", &[], &["true"]));
-    let board = BOARD.replace("PACKAGES", "[\"a\", \"nope\"]").replace("packages:", "pakages: [],\n    packages:");
+    let board = BOARD
+        .replace("PACKAGES", "[\"a\", \"nope\"]")
+        .replace("packages:", "pakages: [],\n    packages:");
     p.write("boards/test-board.rhai", &board);
     let err = check_fails(&p);
     assert!(err.contains("unknown field `pakages` in board"), "{err}");

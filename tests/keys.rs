@@ -36,7 +36,12 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 /// name → derivation hash from `kiln graph --format json`.
-fn derivations(project: &Path, store: &Path, board: &str, env: &[(&str, &str)]) -> BTreeMap<String, String> {
+fn derivations(
+    project: &Path,
+    store: &Path,
+    board: &str,
+    env: &[(&str, &str)],
+) -> BTreeMap<String, String> {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
         .args(["--project"])
         .arg(project)
@@ -53,25 +58,46 @@ fn derivations(project: &Path, store: &Path, board: &str, env: &[(&str, &str)]) 
         .as_array()
         .expect("nodes")
         .iter()
-        .map(|n| (n["name"].as_str().unwrap_or_default().to_string(), n["derivation"].as_str().unwrap_or_default().to_string()))
+        .map(|n| {
+            (
+                n["name"].as_str().unwrap_or_default().to_string(),
+                n["derivation"].as_str().unwrap_or_default().to_string(),
+            )
+        })
         .collect()
 }
 
 #[test]
 fn keys_are_stable_across_checkouts_stores_users_and_runs() {
-    let a = tempfile::Builder::new().prefix("kiln-checkout-a-").tempdir().expect("tmp");
-    let b = tempfile::Builder::new().prefix("other-place-b-").tempdir().expect("tmp");
+    let a = tempfile::Builder::new()
+        .prefix("kiln-checkout-a-")
+        .tempdir()
+        .expect("tmp");
+    let b = tempfile::Builder::new()
+        .prefix("other-place-b-")
+        .tempdir()
+        .expect("tmp");
     checkout(a.path());
     checkout(&b.path().join("deeper/dir"));
     let s1 = tempfile::tempdir().expect("tmp");
     let s2 = tempfile::tempdir().expect("tmp");
     for board in ["qemu-aarch64", "qemu-x86_64"] {
-        let one = derivations(a.path(), s1.path(), board, &[("USER", "alice"), ("HOSTNAME", "one"), ("TZ", "UTC")]);
+        let one = derivations(
+            a.path(),
+            s1.path(),
+            board,
+            &[("USER", "alice"), ("HOSTNAME", "one"), ("TZ", "UTC")],
+        );
         let two = derivations(
             &b.path().join("deeper/dir"),
             s2.path(),
             board,
-            &[("USER", "bob"), ("HOSTNAME", "two"), ("TZ", "Asia/Tokyo"), ("LC_ALL", "de_DE.UTF-8")],
+            &[
+                ("USER", "bob"),
+                ("HOSTNAME", "two"),
+                ("TZ", "Asia/Tokyo"),
+                ("LC_ALL", "de_DE.UTF-8"),
+            ],
         );
         let again = derivations(a.path(), s1.path(), board, &[]);
         assert!(!one.is_empty());
@@ -93,14 +119,29 @@ fn keys_are_stable_across_checkouts_stores_users_and_runs() {
 fn a_changed_step_changes_exactly_its_dependents() {
     let p = TestProject::new();
     p.board(&["app", "tool"]);
-    p.write("recipes/base.rhai", &shell_recipe("base", &[], &["echo base > /out/base"]));
-    p.write("recipes/lib.rhai", &shell_recipe("lib", &["base"], &["echo lib > /out/lib"]));
-    p.write("recipes/app.rhai", &shell_recipe("app", &["lib"], &["echo app > /out/app"]));
-    p.write("recipes/tool.rhai", &shell_recipe("tool", &["base"], &["echo tool > /out/tool"]));
+    p.write(
+        "recipes/base.rhai",
+        &shell_recipe("base", &[], &["echo base > /out/base"]),
+    );
+    p.write(
+        "recipes/lib.rhai",
+        &shell_recipe("lib", &["base"], &["echo lib > /out/lib"]),
+    );
+    p.write(
+        "recipes/app.rhai",
+        &shell_recipe("app", &["lib"], &["echo app > /out/app"]),
+    );
+    p.write(
+        "recipes/tool.rhai",
+        &shell_recipe("tool", &["base"], &["echo tool > /out/tool"]),
+    );
     let before = derivations(p.root(), p.store.path(), "test-board", &[]);
     assert_eq!(before.len(), 4);
 
-    p.write("recipes/lib.rhai", &shell_recipe("lib", &["base"], &["echo lib2 > /out/lib"]));
+    p.write(
+        "recipes/lib.rhai",
+        &shell_recipe("lib", &["base"], &["echo lib2 > /out/lib"]),
+    );
     let after = derivations(p.root(), p.store.path(), "test-board", &[]);
     let changed: Vec<&String> = before.keys().filter(|k| before[*k] != after[*k]).collect();
     assert_eq!(changed, vec!["app", "lib"]);
@@ -121,5 +162,8 @@ fn a_changed_step_changes_exactly_its_dependents() {
         .replace("tc::gnu(\"x86_64-linux-gnu\", \"x86_64-unknown-linux-gnu\")", "tc::gnu(\"aarch64-linux-gnu\", \"aarch64-unknown-linux-gnu\")");
     p.write("boards/test-board.rhai", &aarch);
     let other = derivations(p.root(), p.store.path(), "test-board", &[]);
-    assert!(other.keys().all(|k| other[k] != same[k]), "{other:?} vs {same:?}");
+    assert!(
+        other.keys().all(|k| other[k] != same[k]),
+        "{other:?} vs {same:?}"
+    );
 }

@@ -29,13 +29,42 @@ pub const LOG_TAIL_LINES: usize = 25;
 #[derive(Clone, Debug, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
-    Plan { board: String, nodes: usize },
-    Cached { recipe: String, key: String, output: String },
-    Started { recipe: String, key: String, log: PathBuf },
-    Built { recipe: String, key: String, output: String, seconds: f64 },
-    Failed { recipe: String, key: String, error: String },
-    Skipped { recipe: String, because: String },
-    Done { built: usize, cached: usize, failed: usize, skipped: usize, seconds: f64 },
+    Plan {
+        board: String,
+        nodes: usize,
+    },
+    Cached {
+        recipe: String,
+        key: String,
+        output: String,
+    },
+    Started {
+        recipe: String,
+        key: String,
+        log: PathBuf,
+    },
+    Built {
+        recipe: String,
+        key: String,
+        output: String,
+        seconds: f64,
+    },
+    Failed {
+        recipe: String,
+        key: String,
+        error: String,
+    },
+    Skipped {
+        recipe: String,
+        because: String,
+    },
+    Done {
+        built: usize,
+        cached: usize,
+        failed: usize,
+        skipped: usize,
+        seconds: f64,
+    },
 }
 
 pub trait Events: Sync {
@@ -75,7 +104,14 @@ impl<'a> Context<'a> {
         let fingerprint = toolchain::fingerprint(&board.toolchain, &board.target, store)?;
         let cc = toolchain::c_compiler(&board.toolchain, &board.target)?;
         let base_env = toolchain::base_env(&board.toolchain, &board.target, &cc);
-        Ok(Context { project, eval, plan, store, fingerprint, base_env })
+        Ok(Context {
+            project,
+            eval,
+            plan,
+            store,
+            fingerprint,
+            base_env,
+        })
     }
 
     pub fn recipe(&self, name: &str) -> &'a Recipe {
@@ -115,7 +151,10 @@ impl<'a> Context<'a> {
                     (d, format!("drv:{h}"))
                 })
                 .collect();
-            drv.insert(name.clone(), self.inputs(name, deps).hash().to_hex().to_string());
+            drv.insert(
+                name.clone(),
+                self.inputs(name, deps).hash().to_hex().to_string(),
+            );
         }
         drv
     }
@@ -147,7 +186,11 @@ impl<'a> Context<'a> {
     }
 
     fn inputs_record(&self, name: &str) -> PathBuf {
-        self.store.root().join("inputs").join(&self.eval.board.name).join(format!("{name}.json"))
+        self.store
+            .root()
+            .join("inputs")
+            .join(&self.eval.board.name)
+            .join(format!("{name}.json"))
     }
 
     /// The inputs of the last build (or cache hit) of `name` on this board.
@@ -239,15 +282,26 @@ impl Report {
 pub fn run(ctx: &Context, opts: &Options, events: &dyn Events) -> Report {
     let start = Instant::now();
     let plan = ctx.plan;
-    events.event(&Event::Plan { board: ctx.eval.board.name.clone(), nodes: plan.order.len() });
+    events.event(&Event::Plan {
+        board: ctx.eval.board.name.clone(),
+        nodes: plan.order.len(),
+    });
 
     let jobs = opts.jobs.max(1);
     let jobserver = jobserver::Client::new(jobs).ok();
     let fetcher = Fetcher::new(ctx.store, opts.fetcher_mirrors.clone(), opts.offline);
 
-    let mut waiting: BTreeMap<String, usize> =
-        plan.order.iter().map(|n| (n.clone(), plan.build_deps(n).len())).collect();
-    let mut ready: VecDeque<String> = plan.order.iter().filter(|n| waiting[*n] == 0).cloned().collect();
+    let mut waiting: BTreeMap<String, usize> = plan
+        .order
+        .iter()
+        .map(|n| (n.clone(), plan.build_deps(n).len()))
+        .collect();
+    let mut ready: VecDeque<String> = plan
+        .order
+        .iter()
+        .filter(|n| waiting[*n] == 0)
+        .cloned()
+        .collect();
     let mut results: BTreeMap<String, NodeResult> = BTreeMap::new();
     let mut running = 0usize;
     let mut stop = false;
@@ -261,7 +315,12 @@ pub fn run(ctx: &Context, opts: &Options, events: &dyn Events) -> Report {
                 let deps: BTreeMap<String, String> = plan
                     .build_deps(&name)
                     .into_iter()
-                    .filter_map(|d| results.get(&d).and_then(NodeResult::output).map(|o| (d, o.to_hex())))
+                    .filter_map(|d| {
+                        results
+                            .get(&d)
+                            .and_then(NodeResult::output)
+                            .map(|o| (d, o.to_hex()))
+                    })
                     .collect();
                 let inputs = ctx.inputs(&name, deps);
                 let key = digest_of(&inputs);
@@ -273,15 +332,39 @@ pub fn run(ctx: &Context, opts: &Options, events: &dyn Events) -> Report {
                             key: key.to_hex(),
                             output: hit.output.to_hex(),
                         });
-                        finish(plan, &name, NodeResult::Cached { key, output: hit.output }, &mut results, &mut waiting, &mut ready);
+                        finish(
+                            plan,
+                            &name,
+                            NodeResult::Cached {
+                                key,
+                                output: hit.output,
+                            },
+                            &mut results,
+                            &mut waiting,
+                            &mut ready,
+                        );
                         continue;
                     }
                     Ok(None) => {}
                     Err(e) => {
                         // A store we can't read from is a store we can't trust to write to.
                         let error = format!("cannot read the action cache: {e}");
-                        events.event(&Event::Failed { recipe: name.clone(), key: key.to_hex(), error: error.clone() });
-                        finish(plan, &name, NodeResult::Failed { key: Some(key), error }, &mut results, &mut waiting, &mut ready);
+                        events.event(&Event::Failed {
+                            recipe: name.clone(),
+                            key: key.to_hex(),
+                            error: error.clone(),
+                        });
+                        finish(
+                            plan,
+                            &name,
+                            NodeResult::Failed {
+                                key: Some(key),
+                                error,
+                            },
+                            &mut results,
+                            &mut waiting,
+                            &mut ready,
+                        );
                         stop |= !opts.keep_going;
                         continue;
                     }
@@ -297,9 +380,22 @@ pub fn run(ctx: &Context, opts: &Options, events: &dyn Events) -> Report {
                     .collect();
                 scope.spawn(move || {
                     let log = ctx.log_path(&name);
-                    events.event(&Event::Started { recipe: name.clone(), key: key.to_hex(), log: log.clone() });
+                    events.event(&Event::Started {
+                        recipe: name.clone(),
+                        key: key.to_hex(),
+                        log: log.clone(),
+                    });
                     let t = Instant::now();
-                    let r = build_node(ctx, opts, fetcher, jobserver, &name, &inputs, key, &dep_outputs);
+                    let r = build_node(
+                        ctx,
+                        opts,
+                        fetcher,
+                        jobserver,
+                        &name,
+                        &inputs,
+                        key,
+                        &dep_outputs,
+                    );
                     let result = match r {
                         Ok(output) => {
                             ctx.record_inputs(&name, &inputs);
@@ -312,8 +408,15 @@ pub fn run(ctx: &Context, opts: &Options, events: &dyn Events) -> Report {
                             NodeResult::Built { key, output }
                         }
                         Err(error) => {
-                            events.event(&Event::Failed { recipe: name.clone(), key: key.to_hex(), error: error.clone() });
-                            NodeResult::Failed { key: Some(key), error }
+                            events.event(&Event::Failed {
+                                recipe: name.clone(),
+                                key: key.to_hex(),
+                                error: error.clone(),
+                            });
+                            NodeResult::Failed {
+                                key: Some(key),
+                                error,
+                            }
                         }
                     };
                     // The receiver lives until every worker is done.
@@ -341,13 +444,25 @@ pub fn run(ctx: &Context, opts: &Options, events: &dyn Events) -> Report {
                 .find(|d| !matches!(results.get(d), Some(NodeResult::Built { .. } | NodeResult::Cached { .. })))
                 .map(|d| format!("dependency `{d}` did not build"))
                 .unwrap_or_else(|| "the build stopped after a failure (use --keep-going to build what still can be)".into());
-            events.event(&Event::Skipped { recipe: name.clone(), because: because.clone() });
+            events.event(&Event::Skipped {
+                recipe: name.clone(),
+                because: because.clone(),
+            });
             results.insert(name.clone(), NodeResult::Skipped { because });
         }
     }
-    let report = Report { results, elapsed: start.elapsed() };
+    let report = Report {
+        results,
+        elapsed: start.elapsed(),
+    };
     let (built, cached, failed, skipped) = report.count();
-    events.event(&Event::Done { built, cached, failed, skipped, seconds: report.elapsed.as_secs_f64() });
+    events.event(&Event::Done {
+        built,
+        cached,
+        failed,
+        skipped,
+        seconds: report.elapsed.as_secs_f64(),
+    });
     report
 }
 
@@ -395,7 +510,9 @@ pub fn remove_tree(path: &Path) {
 
 fn make_writable(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
-    let Ok(meta) = std::fs::symlink_metadata(path) else { return };
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return;
+    };
     if meta.is_dir() {
         let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755));
         if let Ok(rd) = std::fs::read_dir(path) {
@@ -419,9 +536,12 @@ fn build_node(
 ) -> Result<Digest, String> {
     let recipe = ctx.recipe(name);
     let store = ctx.store;
-    let work = WorkDir(
-        store.root().join("work").join(format!("{}-{}-{}", name, &key.to_hex()[..12], std::process::id())),
-    );
+    let work = WorkDir(store.root().join("work").join(format!(
+        "{}-{}-{}",
+        name,
+        &key.to_hex()[..12],
+        std::process::id()
+    )));
     remove_tree(&work.0);
     let src = work.0.join("src");
     let out = work.0.join("out");
@@ -433,20 +553,40 @@ fn build_node(
 
     prepare_sources(recipe, fetcher, store, &src)?;
 
-    let mut ro_binds: Vec<Bind> =
-        ctx.eval.board.toolchain.host_paths.iter().map(|p| Bind { host: p.clone(), inside: p.clone() }).collect();
+    let mut ro_binds: Vec<Bind> = ctx
+        .eval
+        .board
+        .toolchain
+        .host_paths
+        .iter()
+        .map(|p| Bind {
+            host: p.clone(),
+            inside: p.clone(),
+        })
+        .collect();
     let mut sysroot = Vec::new();
     for (dep, output) in deps {
-        let path = store.materialize(output).map_err(|e| format!("cannot materialize the output of `{dep}`: {e}"))?;
-        ro_binds.push(Bind { host: path.clone(), inside: PathBuf::from("/deps").join(dep) });
+        let path = store
+            .materialize(output)
+            .map_err(|e| format!("cannot materialize the output of `{dep}`: {e}"))?;
+        ro_binds.push(Bind {
+            host: path.clone(),
+            inside: PathBuf::from("/deps").join(dep),
+        });
         sysroot.push(path);
     }
     let spec = SandboxSpec {
         scratch,
         ro_binds,
         rw_binds: vec![
-            Bind { host: src.clone(), inside: "/build/src".into() },
-            Bind { host: out.clone(), inside: "/out".into() },
+            Bind {
+                host: src.clone(),
+                inside: "/build/src".into(),
+            },
+            Bind {
+                host: out.clone(),
+                inside: "/out".into(),
+            },
         ],
         sysroot,
         symlinks: merged_usr_links(),
@@ -456,14 +596,21 @@ fn build_node(
         steps: recipe
             .steps
             .iter()
-            .map(|s| SandboxStep { name: s.name.clone(), argv: s.argv.clone(), env: s.env.clone() })
+            .map(|s| SandboxStep {
+                name: s.name.clone(),
+                argv: s.argv.clone(),
+                env: s.env.clone(),
+            })
             .collect(),
         log: log.clone(),
     };
 
     // One token for this build's implicit job slot; released when dropped.
     let _token = match jobserver {
-        Some(js) => Some(js.acquire().map_err(|e| format!("cannot take a jobserver token: {e}"))?),
+        Some(js) => Some(
+            js.acquire()
+                .map_err(|e| format!("cannot take a jobserver token: {e}"))?,
+        ),
         None => None,
     };
     let outcome = sandbox::run(&spec, &opts.sandbox_helper, jobserver);
@@ -477,14 +624,23 @@ fn build_node(
     };
     match outcome {
         Ok(Outcome::Success) => {}
-        Ok(Outcome::StepFailed { index, name: step, code, signal }) => {
+        Ok(Outcome::StepFailed {
+            index,
+            name: step,
+            code,
+            signal,
+        }) => {
             let kept = keep_log(&log);
             let how = match (code, signal) {
                 (Some(c), _) => format!("exit code {c}"),
                 (None, Some(s)) => format!("signal {s}"),
                 _ => "an unknown status".into(),
             };
-            let span = recipe.steps.get(index).map(|s| s.span.to_string()).unwrap_or_default();
+            let span = recipe
+                .steps
+                .get(index)
+                .map(|s| s.span.to_string())
+                .unwrap_or_default();
             return Err(format!(
                 "recipe `{name}` failed in step {}/{} `{step}` ({span}) with {how}\n--- last {LOG_TAIL_LINES} lines of {} ---\n{}",
                 index + 1,
@@ -500,14 +656,25 @@ fn build_node(
     }
     keep_log(&log);
 
-    let missing: Vec<&String> =
-        recipe.installs.iter().filter(|p| std::fs::symlink_metadata(out.join(p.trim_start_matches('/'))).is_err()).collect();
+    let missing: Vec<&String> = recipe
+        .installs
+        .iter()
+        .filter(|p| std::fs::symlink_metadata(out.join(p.trim_start_matches('/'))).is_err())
+        .collect();
     if !missing.is_empty() {
         return Err(format!(
             "recipe `{name}` built, but its output lacks {} that `installs` promises ({}): {}",
-            if missing.len() == 1 { "a path" } else { "paths" },
+            if missing.len() == 1 {
+                "a path"
+            } else {
+                "paths"
+            },
             recipe.span,
-            missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+            missing
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
     }
     let meta: Vec<MetaOverride> = recipe
@@ -521,11 +688,21 @@ fn build_node(
             caps: p.caps.clone(),
         })
         .collect();
-    let manifest = store.ingest_tree(&out, &meta).map_err(|e| format!("recipe `{name}`: cannot store its output: {e}"))?;
-    let output = store.put_manifest(&manifest).map_err(|e| format!("recipe `{name}`: cannot store its manifest: {e}"))?;
+    let manifest = store
+        .ingest_tree(&out, &meta)
+        .map_err(|e| format!("recipe `{name}`: cannot store its output: {e}"))?;
+    let output = store
+        .put_manifest(&manifest)
+        .map_err(|e| format!("recipe `{name}`: cannot store its manifest: {e}"))?;
     let log_digest = store.put_file(&log).ok().map(|(d, _)| d);
     store
-        .ac_put(&key, &ActionResult { output, log: log_digest })
+        .ac_put(
+            &key,
+            &ActionResult {
+                output,
+                log: log_digest,
+            },
+        )
         .map_err(|e| format!("recipe `{name}`: cannot record the result: {e}"))?;
     Ok(output)
 }
@@ -539,29 +716,59 @@ fn merged_usr_links() -> Vec<(PathBuf, PathBuf)> {
 }
 
 /// Fetches, unpacks and patches a recipe's sources into `src`.
-fn prepare_sources(recipe: &Recipe, fetcher: &Fetcher, store: &Store, src: &Path) -> Result<(), String> {
+fn prepare_sources(
+    recipe: &Recipe,
+    fetcher: &Fetcher,
+    store: &Store,
+    src: &Path,
+) -> Result<(), String> {
     let name = &recipe.name;
     for source in &recipe.sources {
         match source {
-            Source::Remote { url, hash, strip, dest, unpack, span, .. } => {
-                let digest = fetcher.fetch(url, hash).map_err(|e| format!("recipe `{name}` ({span}): {e}"))?;
+            Source::Remote {
+                url,
+                hash,
+                strip,
+                dest,
+                unpack,
+                span,
+                ..
+            } => {
+                let digest = fetcher
+                    .fetch(url, hash)
+                    .map_err(|e| format!("recipe `{name}` ({span}): {e}"))?;
                 let dest_dir = src.join(dest);
                 let r = if *unpack {
                     fetch::unpack(store, &digest, &dest_dir, *strip)
                 } else {
-                    let file = url.rsplit('/').next().unwrap_or("source");
+                    let path = url.split(['?', '#']).next().unwrap_or(url);
+                    let file = path
+                        .rsplit('/')
+                        .next()
+                        .filter(|f| !f.is_empty())
+                        .unwrap_or("source");
                     fetch::copy_file(store, &digest, &dest_dir.join(file))
                 };
                 r.map_err(|e| format!("recipe `{name}` ({span}): {e}"))?;
             }
-            Source::Local { path, dest, span, .. } => {
+            Source::Local {
+                path, dest, span, ..
+            } => {
                 let from = recipe.files_dir.join(path);
-                copy_tree(&from, &src.join(dest))
-                    .map_err(|e| format!("recipe `{name}` ({span}): cannot copy {}: {e}", from.display()))?;
+                copy_tree(&from, &src.join(dest)).map_err(|e| {
+                    format!(
+                        "recipe `{name}` ({span}): cannot copy {}: {e}",
+                        from.display()
+                    )
+                })?;
             }
         }
     }
-    let patches: Vec<(PathBuf, u32)> = recipe.patches.iter().map(|p| (recipe.files_dir.join(&p.path), p.strip)).collect();
+    let patches: Vec<(PathBuf, u32)> = recipe
+        .patches
+        .iter()
+        .map(|p| (recipe.files_dir.join(&p.path), p.strip))
+        .collect();
     fetch::apply_patches(src, &patches).map_err(|e| format!("recipe `{name}`: {e}"))
 }
 
@@ -591,7 +798,9 @@ fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
 
 /// The last `n` lines of a log file.
 pub fn tail(path: &Path, n: usize) -> String {
-    let text = std::fs::read(path).map(|b| String::from_utf8_lossy(&b).to_string()).unwrap_or_default();
+    let text = std::fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).to_string())
+        .unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }

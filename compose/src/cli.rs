@@ -19,7 +19,11 @@ use crate::model::Span;
 use crate::progress::{Mode, Progress};
 
 #[derive(Parser, Debug)]
-#[command(name = "kiln", version, about = "Build balenaOS-style images from Rhai recipes, reproducibly")]
+#[command(
+    name = "kiln",
+    version,
+    about = "Build balenaOS-style images from Rhai recipes, reproducibly"
+)]
 struct Cli {
     /// The store (action cache + CAS). Default: $KILN_STORE, else ~/.cache/kiln.
     #[arg(long, global = true, env = "KILN_STORE")]
@@ -119,10 +123,16 @@ pub struct Failure {
 
 impl Failure {
     fn usage(message: impl Into<String>) -> Failure {
-        Failure { message: message.into(), code: 2 }
+        Failure {
+            message: message.into(),
+            code: 2,
+        }
     }
     fn build(message: impl Into<String>) -> Failure {
-        Failure { message: message.into(), code: 1 }
+        Failure {
+            message: message.into(),
+            code: 1,
+        }
     }
 }
 
@@ -154,9 +164,13 @@ struct Session {
 impl Session {
     fn open(cli: &Cli) -> Result<Session, Failure> {
         let project = match &cli.project {
-            Some(p) => Project::at(p.canonicalize().map_err(|e| Failure::usage(format!("error: project {}: {e}", p.display())))?),
+            Some(p) => Project::at(
+                p.canonicalize()
+                    .map_err(|e| Failure::usage(format!("error: project {}: {e}", p.display())))?,
+            ),
             None => {
-                let cwd = std::env::current_dir().map_err(|e| Failure::usage(format!("error: current directory: {e}")))?;
+                let cwd = std::env::current_dir()
+                    .map_err(|e| Failure::usage(format!("error: current directory: {e}")))?;
                 Project::discover(&cwd).ok_or_else(|| {
                     Failure::usage(format!(
                         "error: no kiln.toml in {} or any parent directory\n  = help: run kiln inside a Kiln project, or pass --project DIR",
@@ -166,8 +180,9 @@ impl Session {
             }
         };
         let config_path = project.root.join("kiln.toml");
-        let text = std::fs::read_to_string(&config_path)
-            .map_err(|e| Failure::usage(format!("error: cannot read {}: {e}", config_path.display())))?;
+        let text = std::fs::read_to_string(&config_path).map_err(|e| {
+            Failure::usage(format!("error: cannot read {}: {e}", config_path.display()))
+        })?;
         let config: Config = toml::from_str(&text)
             .map_err(|e| Failure::usage(format!("error: {}: {e}", config_path.display())))?;
         let store_root = match &cli.store {
@@ -176,7 +191,11 @@ impl Session {
         };
         let mut specs: Vec<String> = cli.mirrors.clone();
         if let Ok(env) = std::env::var("KILN_MIRRORS") {
-            specs.extend(env.split([',', ' ']).filter(|s| !s.is_empty()).map(String::from));
+            specs.extend(
+                env.split([',', ' '])
+                    .filter(|s| !s.is_empty())
+                    .map(String::from),
+            );
         }
         specs.extend(config.mirrors.iter().cloned());
         if let Some(home) = std::env::var_os("HOME") {
@@ -189,15 +208,26 @@ impl Session {
             .iter()
             .map(|s| {
                 let expanded = expand_home(s);
-                Mirror::parse(&expanded).map_err(|e| Failure::usage(format!("error: mirror `{s}`: {e}")))
+                Mirror::parse(&expanded).map_err(|e| Failure::usage(format!("error: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Session { project, config, store_root, mirrors, offline: cli.offline, json: cli.json })
+        Ok(Session {
+            project,
+            config,
+            store_root,
+            mirrors,
+            offline: cli.offline,
+            json: cli.json,
+        })
     }
 
     fn store(&self) -> Result<Store, Failure> {
-        Store::open(&self.store_root)
-            .map_err(|e| Failure::usage(format!("error: cannot open the store at {}: {e}", self.store_root.display())))
+        Store::open(&self.store_root).map_err(|e| {
+            Failure::usage(format!(
+                "error: cannot open the store at {}: {e}",
+                self.store_root.display()
+            ))
+        })
     }
 
     fn board_name(&self, given: Option<&str>) -> Result<String, Failure> {
@@ -205,7 +235,11 @@ impl Session {
             .map(String::from)
             .or_else(|| std::env::var("KILN_BOARD").ok())
             .or_else(|| self.config.default_board.clone())
-            .ok_or_else(|| Failure::usage("error: which board? pass --board NAME (or set default_board in kiln.toml)"))
+            .ok_or_else(|| {
+                Failure::usage(
+                    "error: which board? pass --board NAME (or set default_board in kiln.toml)",
+                )
+            })
     }
 
     fn evaluate(&self, board: &str) -> Result<Evaluation, Failure> {
@@ -252,29 +286,57 @@ fn board_roots(eval: &Evaluation) -> Vec<(String, Span)> {
     eval.board
         .packages
         .iter()
-        .map(|p| (p.clone(), eval.board.package_spans.get(p).cloned().unwrap_or_else(|| eval.board.span.clone())))
+        .map(|p| {
+            (
+                p.clone(),
+                eval.board
+                    .package_spans
+                    .get(p)
+                    .cloned()
+                    .unwrap_or_else(|| eval.board.span.clone()),
+            )
+        })
         .collect()
 }
 
-fn recipe_root(s: &Session, eval: &Evaluation, recipe: &str) -> Result<Vec<(String, Span)>, Failure> {
+fn recipe_root(
+    s: &Session,
+    eval: &Evaluation,
+    recipe: &str,
+) -> Result<Vec<(String, Span)>, Failure> {
     if !eval.recipes.contains_key(recipe) {
         let d = Diagnostic::new(
-            Span { file: s.project.rel(&s.project.recipes_dir()), line: 0, column: 0 },
+            Span {
+                file: s.project.rel(&s.project.recipes_dir()),
+                line: 0,
+                column: 0,
+            },
             format!("no recipe named `{recipe}`"),
         );
         let d = match crate::diag::did_you_mean(recipe, eval.recipes.keys().map(String::as_str)) {
             Some(m) => d.help(format!("did you mean `{m}`?")),
-            None => d.help(format!("recipes: {}", eval.recipes.keys().cloned().collect::<Vec<_>>().join(", "))),
+            None => d.help(format!(
+                "recipes: {}",
+                eval.recipes.keys().cloned().collect::<Vec<_>>().join(", ")
+            )),
         };
         return Err(s.diagnostics(d.into()));
     }
-    Ok(vec![(recipe.to_string(), eval.recipes[recipe].span.clone())])
+    Ok(vec![(
+        recipe.to_string(),
+        eval.recipes[recipe].span.clone(),
+    )])
 }
 
 fn run(cli: Cli) -> CliResult {
     let s = Session::open(&cli)?;
     match &cli.command {
-        Command::Build { targets, board, keep_going, jobs } => cmd_build(&s, targets, board.as_deref(), *keep_going, *jobs),
+        Command::Build {
+            targets,
+            board,
+            keep_going,
+            jobs,
+        } => cmd_build(&s, targets, board.as_deref(), *keep_going, *jobs),
         Command::Show { recipe, board } => cmd_show(&s, recipe, board.as_deref()),
         Command::Graph { board, format } => cmd_graph(&s, board.as_deref(), *format),
         Command::Why { recipe, board } => cmd_why(&s, recipe, board.as_deref()),
@@ -290,14 +352,28 @@ fn is_board(s: &Session, target: &str) -> bool {
     target.ends_with(".rhai") || s.project.board_path(target).is_file()
 }
 
-fn context<'a>(s: &'a Session, eval: &'a Evaluation, plan: &'a Plan, store: &'a Store) -> Result<Context<'a>, Failure> {
+fn context<'a>(
+    s: &'a Session,
+    eval: &'a Evaluation,
+    plan: &'a Plan,
+    store: &'a Store,
+) -> Result<Context<'a>, Failure> {
     Context::new(&s.project, eval, plan, store).map_err(|e| Failure::usage(format!("error: {e}")))
 }
 
-fn cmd_build(s: &Session, targets: &[String], board: Option<&str>, keep_going: bool, jobs: Option<usize>) -> CliResult {
+fn cmd_build(
+    s: &Session,
+    targets: &[String],
+    board: Option<&str>,
+    keep_going: bool,
+    jobs: Option<usize>,
+) -> CliResult {
     let (board_name, recipes): (String, Vec<&str>) = match targets {
         [one] if board.is_none() && is_board(s, one) => (one.clone(), Vec::new()),
-        _ => (s.board_name(board)?, targets.iter().map(String::as_str).collect()),
+        _ => (
+            s.board_name(board)?,
+            targets.iter().map(String::as_str).collect(),
+        ),
     };
     let eval = s.evaluate(&board_name)?;
     let roots = if recipes.is_empty() {
@@ -311,10 +387,17 @@ fn cmd_build(s: &Session, targets: &[String], board: Option<&str>, keep_going: b
     };
     let plan = s.plan(&eval, &roots)?;
     let store = s.store()?;
-    let _lock = store.lock_shared().map_err(|e| Failure::usage(format!("error: {e}")))?;
+    let _lock = store
+        .lock_shared()
+        .map_err(|e| Failure::usage(format!("error: {e}")))?;
     let ctx = context(s, &eval, &plan, &store)?;
-    let exe = std::env::current_exe().map_err(|e| Failure::usage(format!("error: cannot find the kiln executable: {e}")))?;
-    let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
+    let exe = std::env::current_exe()
+        .map_err(|e| Failure::usage(format!("error: cannot find the kiln executable: {e}")))?;
+    let jobs = jobs.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    });
     let opts = Options {
         jobs,
         keep_going,
@@ -335,8 +418,11 @@ fn cmd_build(s: &Session, targets: &[String], board: Option<&str>, keep_going: b
         keys: report.results.values().filter_map(|r| r.key()).collect(),
         outputs: report.results.values().filter_map(|r| r.output()).collect(),
     };
-    let root_name =
-        if recipes.is_empty() { eval.board.name.clone() } else { format!("{}.{}", eval.board.name, recipes.join("+")) };
+    let root_name = if recipes.is_empty() {
+        eval.board.name.clone()
+    } else {
+        format!("{}.{}", eval.board.name, recipes.join("+"))
+    };
     if let Err(e) = store.write_root(&root_name, &root) {
         eprintln!("warning: cannot record GC root {root_name}: {e}");
     }
@@ -347,12 +433,18 @@ fn cmd_build(s: &Session, targets: &[String], board: Option<&str>, keep_going: b
             "error: {} recipe{} failed: {}",
             failed.len(),
             if failed.len() == 1 { "" } else { "s" },
-            failed.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
+            failed
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         )));
     }
     for r in &recipes {
         if let Some(out) = report.results.get(*r).and_then(|x| x.output()) {
-            let path = store.materialize(&out).map_err(|e| Failure::build(format!("error: {e}")))?;
+            let path = store
+                .materialize(&out)
+                .map_err(|e| Failure::build(format!("error: {e}")))?;
             let link = s.project.root.join("out").join(&eval.board.name).join(r);
             link_result(&path, &link);
             if !s.json {
@@ -453,7 +545,11 @@ fn cmd_why(s: &Session, recipe: &str, board: Option<&str>) -> CliResult {
     };
     let keys = ctx.resolve_keys();
     let Some((now, key, output)) = keys.get(recipe) else {
-        let unbuilt: Vec<String> = plan.build_deps(recipe).into_iter().filter(|d| !keys.get(d).is_some_and(|k| k.2.is_some())).collect();
+        let unbuilt: Vec<String> = plan
+            .build_deps(recipe)
+            .into_iter()
+            .filter(|d| keys.get(d).is_none_or(|k| k.2.is_none()))
+            .collect();
         println!(
             "{recipe}: its key can't be known yet: build dependencies not built with their current inputs: {}",
             unbuilt.join(", ")
@@ -465,17 +561,33 @@ fn cmd_why(s: &Session, recipe: &str, board: Option<&str>) -> CliResult {
     };
     let changes = key::diff(&last, now);
     if changes.is_empty() {
-        let state = if output.is_some() { "cached" } else { "not in the cache (it was removed?)" };
-        println!("{recipe}: no inputs changed since the last build; key {} is {state}", key.to_hex());
+        let state = if output.is_some() {
+            "cached"
+        } else {
+            "not in the cache (it was removed?)"
+        };
+        println!(
+            "{recipe}: no inputs changed since the last build; key {} is {state}",
+            key.to_hex()
+        );
         return Ok(());
     }
-    println!("{recipe}: {} input{} changed since the last build:", changes.len(), if changes.len() == 1 { "" } else { "s" });
+    println!(
+        "{recipe}: {} input{} changed since the last build:",
+        changes.len(),
+        if changes.len() == 1 { "" } else { "s" }
+    );
     for c in changes {
         let show = |v: &Option<serde_json::Value>| match v {
             Some(v) => shorten(&v.to_string()),
             None => "(absent)".into(),
         };
-        println!("  {}:\n    was {}\n    now {}", c.path, show(&c.old), show(&c.new));
+        println!(
+            "  {}:\n    was {}\n    now {}",
+            c.path,
+            show(&c.old),
+            show(&c.new)
+        );
     }
     Ok(())
 }
@@ -493,7 +605,11 @@ fn cmd_log(s: &Session, recipe: &str, board: Option<&str>) -> CliResult {
     let boards: Vec<String> = match board {
         Some(b) => vec![b.to_string()],
         None => std::fs::read_dir(store.logs_dir())
-            .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect())
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().to_string())
+                    .collect()
+            })
             .unwrap_or_default(),
     };
     let found: Vec<(String, PathBuf)> = boards
@@ -505,16 +621,23 @@ fn cmd_log(s: &Session, recipe: &str, board: Option<&str>) -> CliResult {
         .filter(|(_, p)| p.is_file())
         .collect();
     match found.as_slice() {
-        [] => Err(Failure::usage(format!("error: no build log for `{recipe}` in {}\n  = help: build it first", store.logs_dir().display()))),
+        [] => Err(Failure::usage(format!(
+            "error: no build log for `{recipe}` in {}\n  = help: build it first",
+            store.logs_dir().display()
+        ))),
         [(_, p)] => {
-            let text = std::fs::read(p).map_err(|e| Failure::usage(format!("error: {}: {e}", p.display())))?;
+            let text = std::fs::read(p)
+                .map_err(|e| Failure::usage(format!("error: {}: {e}", p.display())))?;
             use std::io::Write;
             let _ = std::io::stdout().write_all(&text);
             Ok(())
         }
         many => Err(Failure::usage(format!(
             "error: `{recipe}` was built for several boards: {}\n  = help: pass --board",
-            many.iter().map(|(b, _)| b.as_str()).collect::<Vec<_>>().join(", ")
+            many.iter()
+                .map(|(b, _)| b.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ))),
     }
 }
@@ -538,7 +661,10 @@ fn cmd_gc(s: &Session, days: u64) -> CliResult {
 
 /// Evaluates every board (each evaluates every recipe) and plans it.
 fn evaluate_all(s: &Session) -> Result<Vec<Evaluation>, Failure> {
-    let boards = s.project.board_files().map_err(|e| Failure::usage(format!("error: cannot list boards: {e}")))?;
+    let boards = s
+        .project
+        .board_files()
+        .map_err(|e| Failure::usage(format!("error: cannot list boards: {e}")))?;
     let mut evals = Vec::new();
     let mut errors = Vec::new();
     for b in boards {
@@ -562,8 +688,13 @@ fn evaluate_all(s: &Session) -> Result<Vec<Evaluation>, Failure> {
 
 fn cmd_check(s: &Session) -> CliResult {
     let evals = evaluate_all(s)?;
-    let recipes: std::collections::BTreeSet<&String> = evals.iter().flat_map(|e| e.recipes.keys()).collect();
-    println!("kiln check: {} boards and {} recipes evaluate cleanly", evals.len(), recipes.len());
+    let recipes: std::collections::BTreeSet<&String> =
+        evals.iter().flat_map(|e| e.recipes.keys()).collect();
+    println!(
+        "kiln check: {} boards and {} recipes evaluate cleanly",
+        evals.len(),
+        recipes.len()
+    );
     Ok(())
 }
 
@@ -574,7 +705,10 @@ fn cmd_sources(s: &Session) -> CliResult {
     for e in &evals {
         for r in e.recipes.values() {
             for src in &r.sources {
-                if let crate::model::Source::Remote { url, hash, debian, .. } = src {
+                if let crate::model::Source::Remote {
+                    url, hash, debian, ..
+                } = src
+                {
                     let (algo, hex) = match hash {
                         crate::model::SourceHash::Sha256(h) => ("sha256", h),
                         crate::model::SourceHash::Blake3(h) => ("blake3", h),

@@ -21,7 +21,12 @@ pub struct Diagnostic {
 
 impl Diagnostic {
     pub fn new(span: Span, message: impl Into<String>) -> Diagnostic {
-        Diagnostic { span, message: message.into(), help: None, notes: Vec::new() }
+        Diagnostic {
+            span,
+            message: message.into(),
+            help: None,
+            notes: Vec::new(),
+        }
     }
 
     pub fn help(mut self, help: impl Into<String>) -> Diagnostic {
@@ -52,16 +57,27 @@ impl Diagnostic {
 
 fn render_location(out: &mut String, span: &Span, root: &Path) {
     out.push_str(&format!("  --> {span}\n"));
-    let path = if span.file.is_absolute() { span.file.clone() } else { root.join(&span.file) };
-    let Ok(text) = std::fs::read_to_string(path) else { return };
+    let path = if span.file.is_absolute() {
+        span.file.clone()
+    } else {
+        root.join(&span.file)
+    };
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return;
+    };
     if span.line == 0 {
         return;
     }
-    let Some(line) = text.lines().nth(span.line - 1) else { return };
+    let Some(line) = text.lines().nth(span.line - 1) else {
+        return;
+    };
     let num = span.line.to_string();
     let pad = " ".repeat(num.len());
     let caret_at = span.column.saturating_sub(1).min(line.len());
-    out.push_str(&format!("{pad} |\n{num} | {line}\n{pad} | {}^\n", " ".repeat(caret_at)));
+    out.push_str(&format!(
+        "{pad} |\n{num} | {line}\n{pad} | {}^\n",
+        " ".repeat(caret_at)
+    ));
 }
 
 impl fmt::Display for Diagnostic {
@@ -85,7 +101,11 @@ pub struct Diagnostics(pub Vec<Diagnostic>);
 
 impl Diagnostics {
     pub fn render(&self, root: &Path) -> String {
-        self.0.iter().map(|d| d.render(root)).collect::<Vec<_>>().join("\n")
+        self.0
+            .iter()
+            .map(|d| d.render(root))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 
@@ -110,7 +130,10 @@ impl From<Diagnostic> for Diagnostics {
 }
 
 /// The closest of `candidates` to `word`, if it is close enough to be a typo.
-pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     candidates
         .into_iter()
         .map(|c| (edit_distance(word, c), c))
@@ -128,13 +151,15 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for (i, row) in d.iter_mut().enumerate() {
         row[0] = i;
     }
-    for j in 0..=b.len() {
-        d[0][j] = j;
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
     }
     for i in 1..=a.len() {
         for j in 1..=b.len() {
             let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut v = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
+            let mut v = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
             if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
                 v = v.min(d[i - 2][j - 2] + 1);
             }
@@ -150,7 +175,10 @@ mod tests {
 
     #[test]
     fn suggests_close_names_only() {
-        assert_eq!(did_you_mean("verison", ["version", "name"]), Some("version"));
+        assert_eq!(
+            did_you_mean("verison", ["version", "name"]),
+            Some("version")
+        );
         assert_eq!(did_you_mean("zlbi", ["zlib", "busybox"]), Some("zlib"));
         assert_eq!(did_you_mean("kernel", ["zlib", "busybox"]), None);
     }

@@ -42,7 +42,9 @@ impl Plan {
     }
 
     pub fn deps_of(&self, name: &str, kind: DepKind) -> Vec<String> {
-        let Some(&ix) = self.index.get(name) else { return Vec::new() };
+        let Some(&ix) = self.index.get(name) else {
+            return Vec::new();
+        };
         let mut v: Vec<String> = self
             .graph
             .edges_directed(ix, Direction::Outgoing)
@@ -56,7 +58,9 @@ impl Plan {
 
     /// Recipes that build-depend on `name`.
     pub fn dependents(&self, name: &str) -> Vec<String> {
-        let Some(&ix) = self.index.get(name) else { return Vec::new() };
+        let Some(&ix) = self.index.get(name) else {
+            return Vec::new();
+        };
         let mut v: Vec<String> = self
             .graph
             .edges_directed(ix, Direction::Incoming)
@@ -70,7 +74,9 @@ impl Plan {
 
     /// Graphviz DOT, with runtime edges dashed.
     pub fn to_dot(&self, keys: &BTreeMap<String, String>) -> String {
-        let mut out = String::from("digraph kiln {\n  rankdir=LR;\n  node [shape=box, fontname=monospace];\n");
+        let mut out = String::from(
+            "digraph kiln {\n  rankdir=LR;\n  node [shape=box, fontname=monospace];\n",
+        );
         for name in &self.order {
             let label = match keys.get(name) {
                 Some(k) => format!("{name}\\n{}", &k[..k.len().min(12)]),
@@ -79,8 +85,16 @@ impl Plan {
             out.push_str(&format!("  \"{name}\" [label=\"{label}\"];\n"));
         }
         for e in self.graph.edge_references() {
-            let style = if *e.weight() == DepKind::Runtime { " [style=dashed]" } else { "" };
-            out.push_str(&format!("  \"{}\" -> \"{}\"{style};\n", self.graph[e.source()], self.graph[e.target()]));
+            let style = if *e.weight() == DepKind::Runtime {
+                " [style=dashed]"
+            } else {
+                ""
+            };
+            out.push_str(&format!(
+                "  \"{}\" -> \"{}\"{style};\n",
+                self.graph[e.source()],
+                self.graph[e.target()]
+            ));
         }
         out.push_str("}\n");
         out
@@ -107,7 +121,9 @@ pub fn plan(eval: &Evaluation, roots: &[(String, Span)]) -> Result<Plan, Diagnos
         if !seen.insert(name.clone()) {
             continue;
         }
-        let ix = *index.entry(name.clone()).or_insert_with(|| graph.add_node(name.clone()));
+        let ix = *index
+            .entry(name.clone())
+            .or_insert_with(|| graph.add_node(name.clone()));
         let recipe = &eval.recipes[&name];
         let deps = recipe
             .build_deps
@@ -116,11 +132,22 @@ pub fn plan(eval: &Evaluation, roots: &[(String, Span)]) -> Result<Plan, Diagnos
             .chain(recipe.runtime_deps.iter().map(|d| (d, DepKind::Runtime)));
         for (dep, kind) in deps {
             if !eval.recipes.contains_key(dep) {
-                let span = recipe.dep_spans.get(dep).cloned().unwrap_or_else(|| recipe.span.clone());
-                errors.push(missing(dep, span, &format!("is a dependency of `{name}`"), known()));
+                let span = recipe
+                    .dep_spans
+                    .get(dep)
+                    .cloned()
+                    .unwrap_or_else(|| recipe.span.clone());
+                errors.push(missing(
+                    dep,
+                    span,
+                    &format!("is a dependency of `{name}`"),
+                    known(),
+                ));
                 continue;
             }
-            let dix = *index.entry(dep.clone()).or_insert_with(|| graph.add_node(dep.clone()));
+            let dix = *index
+                .entry(dep.clone())
+                .or_insert_with(|| graph.add_node(dep.clone()));
             graph.add_edge(ix, dix, kind);
             queue.push(dep.clone());
         }
@@ -130,22 +157,42 @@ pub fn plan(eval: &Evaluation, roots: &[(String, Span)]) -> Result<Plan, Diagnos
     }
 
     // Cycles only matter along build edges.
-    let build_only = graph.filter_map(|_, n| Some(n.clone()), |_, e| (*e == DepKind::Build).then_some(()));
+    let build_only = graph.filter_map(
+        |_, n| Some(n.clone()),
+        |_, e| (*e == DepKind::Build).then_some(()),
+    );
     let order = match toposort(&build_only, None) {
-        Ok(order) => order.into_iter().rev().map(|ix| build_only[ix].clone()).collect(),
+        Ok(order) => order
+            .into_iter()
+            .rev()
+            .map(|ix| build_only[ix].clone())
+            .collect(),
         Err(_) => return Err(Diagnostics(cycles(eval, &build_only))),
     };
     let mut roots: Vec<String> = roots.iter().map(|(n, _)| n.clone()).collect();
     roots.dedup();
-    Ok(Plan { graph, index, roots, order })
+    Ok(Plan {
+        graph,
+        index,
+        roots,
+        order,
+    })
 }
 
-fn missing<'a>(name: &str, span: Span, role: &str, known: impl Iterator<Item = &'a str>) -> Diagnostic {
+fn missing<'a>(
+    name: &str,
+    span: Span,
+    role: &str,
+    known: impl Iterator<Item = &'a str>,
+) -> Diagnostic {
     let known: Vec<&str> = known.collect();
     let d = Diagnostic::new(span, format!("no recipe named `{name}`, which {role}"));
     match did_you_mean(name, known.iter().copied()) {
         Some(s) => d.help(format!("did you mean `{s}`?")),
-        None => d.help(format!("add recipes/{name}.rhai, or fix the name ({} recipes exist)", known.len())),
+        None => d.help(format!(
+            "add recipes/{name}.rhai, or fix the name ({} recipes exist)",
+            known.len()
+        )),
     }
 }
 
@@ -159,25 +206,44 @@ fn cycles(eval: &Evaluation, g: &DiGraph<String, ()>) -> Vec<Diagnostic> {
         }
         let members: BTreeSet<NodeIndex> = scc.iter().copied().collect();
         // Start at the alphabetically first recipe so the message is stable.
-        let Some(&start) = scc.iter().min_by_key(|ix| &g[**ix]) else { continue };
+        let Some(&start) = scc.iter().min_by_key(|ix| &g[**ix]) else {
+            continue;
+        };
         let path = cycle_path(g, start, &members);
         let names: Vec<&str> = path.iter().map(|ix| g[*ix].as_str()).collect();
         let first = &eval.recipes[names[0]];
         let second = names.get(1).copied().unwrap_or(names[0]);
-        let span = first.dep_spans.get(second).cloned().unwrap_or_else(|| first.span.clone());
+        let span = first
+            .dep_spans
+            .get(second)
+            .cloned()
+            .unwrap_or_else(|| first.span.clone());
         let mut d = Diagnostic::new(span, format!("dependency cycle: {}", names.join(" -> ")));
         for pair in names.windows(2).skip(1) {
             let r = &eval.recipes[pair[0]];
-            let s = r.dep_spans.get(pair[1]).cloned().unwrap_or_else(|| r.span.clone());
-            d = d.note(s, format!("`{}` build-depends on `{}` here", pair[0], pair[1]));
+            let s = r
+                .dep_spans
+                .get(pair[1])
+                .cloned()
+                .unwrap_or_else(|| r.span.clone());
+            d = d.note(
+                s,
+                format!("`{}` build-depends on `{}` here", pair[0], pair[1]),
+            );
         }
-        out.push(d.help("a recipe can't need its own output to build; remove one of these build_deps"));
+        out.push(
+            d.help("a recipe can't need its own output to build; remove one of these build_deps"),
+        );
     }
     out
 }
 
 /// A path start → … → start inside one strongly connected component.
-fn cycle_path(g: &DiGraph<String, ()>, start: NodeIndex, members: &BTreeSet<NodeIndex>) -> Vec<NodeIndex> {
+fn cycle_path(
+    g: &DiGraph<String, ()>,
+    start: NodeIndex,
+    members: &BTreeSet<NodeIndex>,
+) -> Vec<NodeIndex> {
     // Breadth-first from start's successors back to start gives a shortest cycle.
     let mut prev: BTreeMap<NodeIndex, NodeIndex> = BTreeMap::new();
     let mut queue = std::collections::VecDeque::new();

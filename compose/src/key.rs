@@ -30,8 +30,16 @@ pub const KEY_SCHEMA: &str = "kiln-key-v1";
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum SourceInput {
-    Remote { hash: SourceHash, strip: u32, dest: String, unpack: bool },
-    Local { blake3: String, dest: String },
+    Remote {
+        hash: SourceHash,
+        strip: u32,
+        dest: String,
+        unpack: bool,
+    },
+    Local {
+        blake3: String,
+        dest: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,19 +78,37 @@ impl RecipeInput {
                 .sources
                 .iter()
                 .map(|s| match s {
-                    Source::Remote { hash, strip, dest, unpack, .. } => SourceInput::Remote {
+                    Source::Remote {
+                        hash,
+                        strip,
+                        dest,
+                        unpack,
+                        ..
+                    } => SourceInput::Remote {
                         hash: hash.clone(),
                         strip: *strip,
                         dest: dest.clone(),
                         unpack: *unpack,
                     },
-                    Source::Local { blake3, dest, .. } => {
-                        SourceInput::Local { blake3: blake3.clone(), dest: dest.clone() }
-                    }
+                    Source::Local { blake3, dest, .. } => SourceInput::Local {
+                        blake3: blake3.clone(),
+                        dest: dest.clone(),
+                    },
                 })
                 .collect(),
-            patches: r.patches.iter().map(|p| (p.blake3.clone(), p.strip)).collect(),
-            steps: r.steps.iter().map(|s| StepInput { argv: s.argv.clone(), env: s.env.clone() }).collect(),
+            patches: r
+                .patches
+                .iter()
+                .map(|p| (p.blake3.clone(), p.strip))
+                .collect(),
+            steps: r
+                .steps
+                .iter()
+                .map(|s| StepInput {
+                    argv: s.argv.clone(),
+                    env: s.env.clone(),
+                })
+                .collect(),
             installs: r.installs.clone(),
             permissions: r
                 .permissions
@@ -141,7 +167,9 @@ pub struct Change {
 
 /// The leaves that differ between two key inputs, as JSON paths.
 pub fn diff(old: &KeyInputs, new: &KeyInputs) -> Vec<Change> {
-    let (Ok(a), Ok(b)) = (serde_json::to_value(old), serde_json::to_value(new)) else { return Vec::new() };
+    let (Ok(a), Ok(b)) = (serde_json::to_value(old), serde_json::to_value(new)) else {
+        return Vec::new();
+    };
     let mut out = Vec::new();
     diff_values("", &a, &b, &mut out);
     out
@@ -153,10 +181,18 @@ fn diff_values(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &m
         (Value::Object(x), Value::Object(y)) => {
             let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
             for k in keys {
-                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
                 match (x.get(k), y.get(k)) {
                     (Some(va), Some(vb)) => diff_values(&p, va, vb, out),
-                    (va, vb) => out.push(Change { path: p, old: va.cloned(), new: vb.cloned() }),
+                    (va, vb) => out.push(Change {
+                        path: p,
+                        old: va.cloned(),
+                        new: vb.cloned(),
+                    }),
                 }
             }
         }
@@ -165,7 +201,11 @@ fn diff_values(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &m
                 diff_values(&format!("{path}[{i}]"), va, vb, out);
             }
         }
-        _ if a != b => out.push(Change { path: path.to_string(), old: Some(a.clone()), new: Some(b.clone()) }),
+        _ if a != b => out.push(Change {
+            path: path.to_string(),
+            old: Some(a.clone()),
+            new: Some(b.clone()),
+        }),
         _ => {}
     }
 }

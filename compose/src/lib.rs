@@ -6,15 +6,15 @@
 //! addresses) → `build` (scheduler, `fetch`, `sandbox`) → `kiln_cache::Store`.
 //! See ARCHITECTURE.md for the invariants.
 
-pub mod diag;
-pub mod dsl;
-pub mod hashing;
-pub mod model;
 pub mod build;
 pub mod cli;
+pub mod diag;
+pub mod dsl;
 pub mod fetch;
 pub mod graph;
+pub mod hashing;
 pub mod key;
+pub mod model;
 pub mod progress;
 pub mod sandbox;
 pub mod toolchain;

@@ -51,7 +51,11 @@ pub struct Progress {
 
 impl Progress {
     pub fn new(mode: Mode) -> Progress {
-        let p = Progress { mode, state: Arc::new(Mutex::new(State::default())), ticker: Mutex::new(None) };
+        let p = Progress {
+            mode,
+            state: Arc::new(Mutex::new(State::default())),
+            ticker: Mutex::new(None),
+        };
         if mode == Mode::Live {
             let state = p.state.clone();
             let handle = std::thread::spawn(move || loop {
@@ -113,9 +117,17 @@ fn redraw(s: &mut State) {
     let mut out = String::new();
     for (name, r) in &s.running {
         let step = current_step(&r.log).unwrap_or_default();
-        out.push_str(&format!("  \x1b[36mbuilding\x1b[0m {name:<16} {:>6}  {step}\n", elapsed(r.since.elapsed())));
+        out.push_str(&format!(
+            "  \x1b[36mbuilding\x1b[0m {name:<16} {:>6}  {step}\n",
+            elapsed(r.since.elapsed())
+        ));
     }
-    out.push_str(&format!("  [{}/{} done, {} running]\n", s.finished, s.total, s.running.len()));
+    out.push_str(&format!(
+        "  [{}/{} done, {} running]\n",
+        s.finished,
+        s.total,
+        s.running.len()
+    ));
     eprint!("{out}");
     let _ = std::io::stderr().flush();
     s.drawn = s.running.len() + 1;
@@ -126,7 +138,8 @@ fn current_step(log: &Path) -> Option<String> {
     use std::io::{Read, Seek, SeekFrom};
     let mut f = std::fs::File::open(log).ok()?;
     let len = f.metadata().ok()?.len();
-    f.seek(SeekFrom::Start(len.saturating_sub(16 * 1024))).ok()?;
+    f.seek(SeekFrom::Start(len.saturating_sub(16 * 1024)))
+        .ok()?;
     let mut buf = Vec::new();
     f.read_to_end(&mut buf).ok()?;
     let text = String::from_utf8_lossy(&buf);
@@ -165,30 +178,62 @@ impl Events for Progress {
             }
             Event::Cached { recipe, key, .. } => {
                 s.finished += 1;
-                self.line(&mut s, &format!("  \x1b[32m  cached\x1b[0m {recipe:<16} {}", &key[..12]));
+                self.line(
+                    &mut s,
+                    &format!("  \x1b[32m  cached\x1b[0m {recipe:<16} {}", &key[..12]),
+                );
             }
             Event::Started { recipe, log, .. } => {
-                s.running.insert(recipe.clone(), Running { since: Instant::now(), log: log.clone() });
+                s.running.insert(
+                    recipe.clone(),
+                    Running {
+                        since: Instant::now(),
+                        log: log.clone(),
+                    },
+                );
                 if self.mode == Mode::Plain {
                     self.line(&mut s, &format!("  building {recipe}"));
                 }
             }
-            Event::Built { recipe, key, seconds, .. } => {
+            Event::Built {
+                recipe,
+                key,
+                seconds,
+                ..
+            } => {
                 s.running.remove(recipe);
                 s.finished += 1;
                 let t = elapsed(Duration::from_secs_f64(*seconds));
-                self.line(&mut s, &format!("  \x1b[32m   built\x1b[0m {recipe:<16} {} in {t}", &key[..12]));
+                self.line(
+                    &mut s,
+                    &format!(
+                        "  \x1b[32m   built\x1b[0m {recipe:<16} {} in {t}",
+                        &key[..12]
+                    ),
+                );
             }
             Event::Failed { recipe, error, .. } => {
                 s.running.remove(recipe);
                 s.finished += 1;
-                self.line(&mut s, &format!("  \x1b[31m  FAILED\x1b[0m {recipe}\n{error}"));
+                self.line(
+                    &mut s,
+                    &format!("  \x1b[31m  FAILED\x1b[0m {recipe}\n{error}"),
+                );
             }
             Event::Skipped { recipe, because } => {
                 s.finished += 1;
-                self.line(&mut s, &format!("  \x1b[33m skipped\x1b[0m {recipe:<16} {because}"));
+                self.line(
+                    &mut s,
+                    &format!("  \x1b[33m skipped\x1b[0m {recipe:<16} {because}"),
+                );
             }
-            Event::Done { built, cached, failed, skipped, seconds } => {
+            Event::Done {
+                built,
+                cached,
+                failed,
+                skipped,
+                seconds,
+            } => {
                 let t = elapsed(Duration::from_secs_f64(*seconds));
                 let mut msg = format!("kiln: {built} built, {cached} cached");
                 if *failed > 0 {

@@ -434,7 +434,8 @@ fn helper(spec_path: &Path) -> Report {
             return Report::SetupFailed { message };
         }
     };
-    let report = sandbox(&spec, &log).unwrap_or_else(|Failure(message)| Report::SetupFailed { message });
+    let report =
+        sandbox(&spec, &log).unwrap_or_else(|Failure(message)| Report::SetupFailed { message });
     let note = match &report {
         Report::SetupFailed { message } => Some(format!("kiln: sandbox setup failed: {message}\n")),
         Report::Failed { message } => Some(format!("kiln: sandbox failed: {message}\n")),
@@ -448,15 +449,20 @@ fn helper(spec_path: &Path) -> Report {
 }
 
 fn load_spec(spec_path: &Path) -> Result<SandboxSpec, Failure> {
-    let bytes = fs::read(spec_path)
-        .map_err(|e| io_fail(format!("cannot read sandbox spec {}", spec_path.display()), &e))?;
+    let bytes = fs::read(spec_path).map_err(|e| {
+        io_fail(
+            format!("cannot read sandbox spec {}", spec_path.display()),
+            &e,
+        )
+    })?;
     let spec: SandboxSpec = serde_json::from_slice(&bytes).map_err(|e| {
         Failure(format!(
             "malformed sandbox spec {}: {e}",
             spec_path.display()
         ))
     })?;
-    validate(&spec).map_err(|m| Failure(format!("invalid sandbox spec {}: {m}", spec_path.display())))?;
+    validate(&spec)
+        .map_err(|m| Failure(format!("invalid sandbox spec {}: {m}", spec_path.display())))?;
     Ok(spec)
 }
 
@@ -518,8 +524,12 @@ fn sandbox(spec: &SandboxSpec, log: &File) -> Result<Report, Failure> {
 }
 
 fn write_proc(path: &str, content: &str) -> Result<(), Failure> {
-    fs::write(path, content)
-        .map_err(|e| io_fail(format!("cannot write {:?} to {path}", content.trim_end()), &e))
+    fs::write(path, content).map_err(|e| {
+        io_fail(
+            format!("cannot write {:?} to {path}", content.trim_end()),
+            &e,
+        )
+    })
 }
 
 /// Reads pid 1's report and reaps it. pid 1's exit kills and waits for
@@ -542,8 +552,11 @@ fn collect(child: Pid, status_r: OwnedFd) -> Result<Report, Failure> {
             describe_wait(status)
         )));
     }
-    serde_json::from_slice(&buf)
-        .map_err(|e| Failure(format!("malformed result from the sandbox's init process: {e}")))
+    serde_json::from_slice(&buf).map_err(|e| {
+        Failure(format!(
+            "malformed result from the sandbox's init process: {e}"
+        ))
+    })
 }
 
 fn describe_wait(status: WaitStatus) -> String {
@@ -649,7 +662,11 @@ fn setup(spec: &SandboxSpec) -> Result<(), Failure> {
     }
     for etc in HOST_ETC {
         let (host, inside) = (Path::new(etc), Path::new(etc));
-        let named = spec.ro_binds.iter().chain(&spec.rw_binds).any(|b| b.inside == inside);
+        let named = spec
+            .ro_binds
+            .iter()
+            .chain(&spec.rw_binds)
+            .any(|b| b.inside == inside);
         if !named && fs::symlink_metadata(host).is_ok() {
             bind(&root, host, inside, Access::ReadOnly)?;
         }
@@ -658,12 +675,19 @@ fn setup(spec: &SandboxSpec) -> Result<(), Failure> {
         let path = under(&root, inside);
         if let Some(parent) = path.parent() {
             fs::create_dir_all(parent).map_err(|e| {
-                io_fail(format!("cannot create the parent of symlink {}", inside.display()), &e)
+                io_fail(
+                    format!("cannot create the parent of symlink {}", inside.display()),
+                    &e,
+                )
             })?;
         }
         symlink(target, &path).map_err(|e| {
             io_fail(
-                format!("cannot create symlink {} -> {}", inside.display(), target.display()),
+                format!(
+                    "cannot create symlink {} -> {}",
+                    inside.display(),
+                    target.display()
+                ),
                 &e,
             )
         })?;
@@ -696,7 +720,10 @@ fn setup(spec: &SandboxSpec) -> Result<(), Failure> {
     // The net namespace is left as created: only a loopback device, down.
     umask(Mode::from_bits_truncate(0o022));
     chdir(&spec.cwd).map_err(|e| {
-        os_fail(format!("cannot enter working directory {}", spec.cwd.display()), e)
+        os_fail(
+            format!("cannot enter working directory {}", spec.cwd.display()),
+            e,
+        )
     })?;
     Ok(())
 }
@@ -873,14 +900,26 @@ fn escape_overlay_path(path: &[u8]) -> Vec<u8> {
 /// tree with (locked) submounts.
 fn bind(root: &Path, host: &Path, inside: &Path, access: Access) -> Result<(), Failure> {
     let what = || {
-        let ro = if access == Access::ReadOnly { " read-only" } else { "" };
-        format!("cannot bind-mount {} at {}{ro}", host.display(), inside.display())
+        let ro = if access == Access::ReadOnly {
+            " read-only"
+        } else {
+            ""
+        };
+        format!(
+            "cannot bind-mount {} at {}{ro}",
+            host.display(),
+            inside.display()
+        )
     };
     let meta = fs::metadata(host).map_err(|e| io_fail(what(), &e))?;
     let target = under(root, inside);
     make_mount_point(&target, meta.is_dir()).map_err(|e| {
         io_fail(
-            format!("cannot create mount point {} for {}", inside.display(), host.display()),
+            format!(
+                "cannot create mount point {} for {}",
+                inside.display(),
+                host.display()
+            ),
             &e,
         )
     })?;
@@ -1017,7 +1056,9 @@ fn fifo_path(flags: &OsStr) -> Option<String> {
 
 fn replace_fifo_auth(flags: &OsStr, path: &str, fd: i32) -> OsString {
     match flags.to_str() {
-        Some(s) => s.replace(&format!("fifo:{path}"), &format!("{fd},{fd}")).into(),
+        Some(s) => s
+            .replace(&format!("fifo:{path}"), &format!("{fd},{fd}"))
+            .into(),
         None => flags.to_owned(),
     }
 }
@@ -1025,7 +1066,8 @@ fn replace_fifo_auth(flags: &OsStr, path: &str, fd: i32) -> OsString {
 /// Runs the steps one after the other, reaping every process that exits on
 /// the way (orphans are reparented to pid 1).
 fn run_steps(spec: &SandboxSpec, log: &File, jobserver: &Jobserver) -> Result<Outcome, Failure> {
-    let log_err = |e: io::Error| io_fail(format!("cannot write build log {}", spec.log.display()), &e);
+    let log_err =
+        |e: io::Error| io_fail(format!("cannot write build log {}", spec.log.display()), &e);
     let total = spec.steps.len();
     for (index, step) in spec.steps.iter().enumerate() {
         let label = format!("[step {}/{total}] {}", index + 1, step.name);
@@ -1136,7 +1178,8 @@ fn validate(spec: &SandboxSpec) -> Result<(), String> {
         let mut components = path.components();
         let rooted = components.next() == Some(Component::RootDir);
         let normal: Vec<_> = components.collect();
-        if !rooted || normal.is_empty() || !normal.iter().all(|c| matches!(c, Component::Normal(_))) {
+        if !rooted || normal.is_empty() || !normal.iter().all(|c| matches!(c, Component::Normal(_)))
+        {
             return Err(format!(
                 "{what} {} must be an absolute path below / without `.` or `..`",
                 path.display()
@@ -1175,11 +1218,17 @@ fn validate(spec: &SandboxSpec) -> Result<(), String> {
         inside("symlink", path)?;
     }
     if !spec.cwd.is_absolute() {
-        return Err(format!("working directory {} is not absolute", spec.cwd.display()));
+        return Err(format!(
+            "working directory {} is not absolute",
+            spec.cwd.display()
+        ));
     }
     // sethostname's limit (HOST_NAME_MAX).
     if spec.hostname.is_empty() || spec.hostname.len() > 64 {
-        return Err(format!("hostname {:?} must be 1 to 64 bytes", spec.hostname));
+        return Err(format!(
+            "hostname {:?} must be 1 to 64 bytes",
+            spec.hostname
+        ));
     }
     env(&spec.env)?;
     for step in &spec.steps {
@@ -1212,7 +1261,10 @@ mod tests {
 
     #[test]
     fn overlay_paths_are_escaped() {
-        assert_eq!(escape_overlay_path(b"/a:b,c\\d"), b"/a\\:b\\,c\\\\d".to_vec());
+        assert_eq!(
+            escape_overlay_path(b"/a:b,c\\d"),
+            b"/a\\:b\\,c\\\\d".to_vec()
+        );
     }
 
     #[test]

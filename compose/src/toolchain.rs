@@ -41,15 +41,39 @@ pub struct Fingerprint {
 #[derive(Debug, thiserror::Error)]
 pub enum ToolchainError {
     #[error("toolchain `{toolchain}`: cannot find `{tool}` ({role}) on the sandbox PATH {SANDBOX_PATH}\n  help: install it (scripts/setup installs the default toolchains) or fix the toolchain's `{role}` field")]
-    NotFound { toolchain: String, role: String, tool: String },
+    NotFound {
+        toolchain: String,
+        role: String,
+        tool: String,
+    },
     #[error("toolchain `{toolchain}`: `{tool}` compiles for `{actual}`, but the board's target triple is `{expected}`\n  help: use the `{expected}-gcc` cross compiler, or fix the board's target")]
-    WrongTarget { toolchain: String, tool: String, actual: String, expected: String },
+    WrongTarget {
+        toolchain: String,
+        tool: String,
+        actual: String,
+        expected: String,
+    },
     #[error("toolchain `{toolchain}`: running `{tool} {args}` failed: {reason}")]
-    Run { toolchain: String, tool: String, args: String, reason: String },
+    Run {
+        toolchain: String,
+        tool: String,
+        args: String,
+        reason: String,
+    },
     #[error("toolchain `{toolchain}`: cannot read {path}: {source}")]
-    Io { toolchain: String, path: PathBuf, source: std::io::Error },
-    #[error("toolchain `{toolchain}`: the cc crate cannot find a C compiler for `{triple}`: {reason}")]
-    Discovery { toolchain: String, triple: String, reason: String },
+    Io {
+        toolchain: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "toolchain `{toolchain}`: the cc crate cannot find a C compiler for `{triple}`: {reason}"
+    )]
+    Discovery {
+        toolchain: String,
+        triple: String,
+        reason: String,
+    },
 }
 
 /// Finds `tool` the way the sandbox's PATH will.
@@ -57,7 +81,10 @@ pub fn resolve(tool: &str) -> Option<PathBuf> {
     if tool.contains('/') {
         return Path::new(tool).is_file().then(|| PathBuf::from(tool));
     }
-    SANDBOX_PATH.split(':').map(|d| Path::new(d).join(tool)).find(|p| p.is_file())
+    SANDBOX_PATH
+        .split(':')
+        .map(|d| Path::new(d).join(tool))
+        .find(|p| p.is_file())
 }
 
 fn run(tc: &Toolchain, tool: &Path, args: &[&str]) -> Result<String, ToolchainError> {
@@ -67,9 +94,17 @@ fn run(tc: &Toolchain, tool: &Path, args: &[&str]) -> Result<String, ToolchainEr
         args: args.join(" "),
         reason,
     };
-    let out = Command::new(tool).args(args).env("LC_ALL", "C").output().map_err(|e| err(e.to_string()))?;
+    let out = Command::new(tool)
+        .args(args)
+        .env("LC_ALL", "C")
+        .output()
+        .map_err(|e| err(e.to_string()))?;
     if !out.status.success() {
-        return Err(err(format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim())));
+        return Err(err(format!(
+            "{}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
@@ -77,7 +112,11 @@ fn run(tc: &Toolchain, tool: &Path, args: &[&str]) -> Result<String, ToolchainEr
 fn hash_file(tc: &Toolchain, path: &Path) -> Result<String, ToolchainError> {
     crate::hashing::file_blake3(path)
         .map(|h| h.to_hex().to_string())
-        .map_err(|source| ToolchainError::Io { toolchain: tc.name.clone(), path: path.into(), source })
+        .map_err(|source| ToolchainError::Io {
+            toolchain: tc.name.clone(),
+            path: path.into(),
+            source,
+        })
 }
 
 /// The C compiler command, using the cc crate's discovery when the toolchain says `auto`.
@@ -128,7 +167,11 @@ fn roles(tc: &Toolchain, cc: &str) -> Vec<(&'static str, String)> {
 
 /// Fingerprints the toolchain for `target`, using the store's memo when the
 /// binaries' stat data hasn't changed.
-pub fn fingerprint(tc: &Toolchain, target: &Target, store: &Store) -> Result<Fingerprint, ToolchainError> {
+pub fn fingerprint(
+    tc: &Toolchain,
+    target: &Target,
+    store: &Store,
+) -> Result<Fingerprint, ToolchainError> {
     let cc = c_compiler(tc, target)?;
     let mut resolved = Vec::new();
     let mut memo_key = blake3::Hasher::new();
@@ -142,13 +185,28 @@ pub fn fingerprint(tc: &Toolchain, target: &Target, store: &Store) -> Result<Fin
             tool: tool.clone(),
         })?;
         let real = path.canonicalize().unwrap_or_else(|_| path.clone());
-        let meta = std::fs::metadata(&real)
-            .map_err(|source| ToolchainError::Io { toolchain: tc.name.clone(), path: real.clone(), source })?;
-        memo_key.update(format!("{role}\0{}\0{}\0{}\0{}\0", real.display(), meta.len(), meta.mtime_nsec(), meta.ino()).as_bytes());
+        let meta = std::fs::metadata(&real).map_err(|source| ToolchainError::Io {
+            toolchain: tc.name.clone(),
+            path: real.clone(),
+            source,
+        })?;
+        memo_key.update(
+            format!(
+                "{role}\0{}\0{}\0{}\0{}\0",
+                real.display(),
+                meta.len(),
+                meta.mtime_nsec(),
+                meta.ino()
+            )
+            .as_bytes(),
+        );
         memo_key.update(&meta.mtime().to_le_bytes());
         resolved.push((role, path, real));
     }
-    let memo = store.root().join("toolchains").join(format!("{}.json", memo_key.finalize().to_hex()));
+    let memo = store
+        .root()
+        .join("toolchains")
+        .join(format!("{}.json", memo_key.finalize().to_hex()));
     if let Ok(bytes) = std::fs::read(&memo) {
         if let Ok(fp) = serde_json::from_slice::<Fingerprint>(&bytes) {
             return Ok(fp);
@@ -177,7 +235,11 @@ pub fn fingerprint(tc: &Toolchain, target: &Target, store: &Store) -> Result<Fin
                 first_line(&run(tc, &path, &["--version"])?)
             }
             "rustc" => {
-                let libdir = run(tc, &path, &["--print", "target-libdir", "--target", &target.rust_triple])?;
+                let libdir = run(
+                    tc,
+                    &path,
+                    &["--print", "target-libdir", "--target", &target.rust_triple],
+                )?;
                 extra.insert("std".into(), dir_listing_hash(Path::new(&libdir)));
                 run(tc, &path, &["-vV"])?
             }
@@ -185,10 +247,18 @@ pub fn fingerprint(tc: &Toolchain, target: &Target, store: &Store) -> Result<Fin
         };
         tools.insert(
             role.to_string(),
-            ToolFingerprint { path: path.display().to_string(), version, blake3: hash_file(tc, &real)?, extra },
+            ToolFingerprint {
+                path: path.display().to_string(),
+                version,
+                blake3: hash_file(tc, &real)?,
+                extra,
+            },
         );
     }
-    let fp = Fingerprint { tools, host_paths: tc.host_paths.clone() };
+    let fp = Fingerprint {
+        tools,
+        host_paths: tc.host_paths.clone(),
+    };
     if let Ok(bytes) = serde_json::to_vec_pretty(&fp) {
         // The memo is an optimisation: failing to write it must not fail the build.
         let _ = store.write_atomic(&memo, &bytes);
@@ -215,10 +285,16 @@ fn triples_match(machine: &str, triple: &str) -> bool {
 /// rustc's std libraries carry their hashes in their file names.
 fn dir_listing_hash(dir: &Path) -> String {
     let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().to_string()).collect())
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .collect()
+        })
         .unwrap_or_default();
     names.sort();
-    blake3::hash(names.join("\n").as_bytes()).to_hex().to_string()
+    blake3::hash(names.join("\n").as_bytes())
+        .to_hex()
+        .to_string()
 }
 
 /// The environment every step of a build starts from (before the recipe's own).
@@ -256,15 +332,24 @@ pub fn base_env(tc: &Toolchain, target: &Target, cc: &str) -> BTreeMap<String, S
     set("CFLAGS", cflags.join(" "));
     set("CXXFLAGS", cflags.join(" "));
     set("CPPFLAGS", "-I/sysroot/usr/include".into());
-    set("LDFLAGS", "-L/sysroot/usr/lib -Wl,-rpath-link,/sysroot/usr/lib".into());
+    set(
+        "LDFLAGS",
+        "-L/sysroot/usr/lib -Wl,-rpath-link,/sysroot/usr/lib".into(),
+    );
     set("PKG_CONFIG_SYSROOT_DIR", "/sysroot".into());
-    set("PKG_CONFIG_LIBDIR", "/sysroot/usr/lib/pkgconfig:/sysroot/usr/share/pkgconfig".into());
+    set(
+        "PKG_CONFIG_LIBDIR",
+        "/sysroot/usr/lib/pkgconfig:/sysroot/usr/share/pkgconfig".into(),
+    );
     set("RUSTC", tc.rustc.clone());
     set("CARGO", tc.cargo.clone());
     set("CARGO_HOME", "/tmp/cargo-home".into());
     set("CARGO_NET_OFFLINE", "true".into());
     set("CARGO_BUILD_TARGET", target.rust_triple.clone());
-    let linker_var = format!("CARGO_TARGET_{}_LINKER", target.rust_triple.to_uppercase().replace('-', "_"));
+    let linker_var = format!(
+        "CARGO_TARGET_{}_LINKER",
+        target.rust_triple.to_uppercase().replace('-', "_")
+    );
     set(&linker_var, tc.rust_linker.clone());
     for (k, v) in &tc.env {
         env.insert(k.clone(), v.clone());

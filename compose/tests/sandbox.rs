@@ -56,7 +56,12 @@ impl Fixture {
             sysroot: vec![],
             symlinks: ["bin", "lib", "lib64", "sbin"]
                 .iter()
-                .map(|d| (PathBuf::from(format!("/{d}")), PathBuf::from(format!("usr/{d}"))))
+                .map(|d| {
+                    (
+                        PathBuf::from(format!("/{d}")),
+                        PathBuf::from(format!("usr/{d}")),
+                    )
+                })
                 .collect(),
             hostname: "kiln".into(),
             env: env(&[("PATH", "/usr/bin:/bin"), ("LC_ALL", "C")]),
@@ -171,7 +176,10 @@ fn step_output_lands_in_the_host_out_dir() {
     let mut f = Fixture::new();
     f.spec.steps = vec![bash("write", "echo hi > /out/x")];
     f.succeed();
-    assert_eq!(fs::read_to_string(f.out.join("x")).expect("read out/x"), "hi\n");
+    assert_eq!(
+        fs::read_to_string(f.out.join("x")).expect("read out/x"),
+        "hi\n"
+    );
     assert!(
         f.log()
             .contains("==> [step 1/1] write: bash -euc 'echo hi > /out/x'\n"),
@@ -276,7 +284,10 @@ fn identity_and_environment_are_the_sandboxes_own() {
     assert_eq!(read("umask"), "0022");
     assert!(read("hosts").starts_with("127.0.0.1"), "{}", read("hosts"));
     let pid: u32 = read("pid").parse().expect("pid is a number");
-    assert!(pid <= 3, "the first step's pid is {pid}, not a fresh pid namespace");
+    assert!(
+        pid <= 3,
+        "the first step's pid is {pid}, not a fresh pid namespace"
+    );
 
     // The env step's output is everything after its header.
     let log = f.log();
@@ -318,7 +329,10 @@ fn a_failing_step_stops_the_build() {
     assert!(!f.out.join("third").exists());
     let log = f.log();
     assert!(log.contains("==> [step 2/3] second: "), "{log}");
-    assert!(log.contains("failing\n==> [step 2/3] second failed: exit code 3\n"), "{log}");
+    assert!(
+        log.contains("failing\n==> [step 2/3] second failed: exit code 3\n"),
+        "{log}"
+    );
     assert!(!log.contains("[step 3/3]"), "{log}");
 }
 
@@ -336,7 +350,11 @@ fn a_step_killed_by_a_signal_reports_it() {
             signal: Some(9)
         }
     );
-    assert!(f.log().contains("suicide failed: killed by SIGKILL"), "{}", f.log());
+    assert!(
+        f.log().contains("suicide failed: killed by SIGKILL"),
+        "{}",
+        f.log()
+    );
 }
 
 #[test]
@@ -411,7 +429,10 @@ fn dependencies_are_read_only_and_the_sysroot_is_merged() {
     )];
     f.succeed();
     f.spec.sysroot = vec![];
-    f.spec.steps = vec![bash("none", r#"test -d /sysroot; test -z "$(ls -A /sysroot)""#)];
+    f.spec.steps = vec![bash(
+        "none",
+        r#"test -d /sysroot; test -z "$(ls -A /sysroot)""#,
+    )];
     f.succeed();
 }
 
@@ -450,7 +471,10 @@ fn make_uses_the_engines_jobserver() {
         other => panic!("make failed: {other:?}\n{}", f.log()),
     }
     let makeflags = fs::read_to_string(f.out.join("makeflags")).expect("makeflags");
-    assert!(makeflags.contains("--jobserver-auth="), "MAKEFLAGS={makeflags}");
+    assert!(
+        makeflags.contains("--jobserver-auth="),
+        "MAKEFLAGS={makeflags}"
+    );
     assert!(!f.log().contains("jobserver unavailable"), "{}", f.log());
     assert!(!f.log().contains("warning"), "{}", f.log());
     let parallel = max_parallel(&f);
@@ -458,7 +482,11 @@ fn make_uses_the_engines_jobserver() {
         (2..=3).contains(&parallel),
         "{parallel} jobs ran at once; the jobserver allows 3"
     );
-    assert_eq!(client.available().expect("available"), 2, "make kept tokens");
+    assert_eq!(
+        client.available().expect("available"),
+        2,
+        "make kept tokens"
+    );
 
     // With both tokens held by the engine, make may only run one job.
     let held = [
@@ -546,7 +574,9 @@ fn killing_the_helper_kills_the_sandbox() {
 #[test]
 fn setup_failures_name_the_mount_and_the_errno() {
     let mut f = Fixture::new();
-    f.spec.ro_binds.push(bind("/nonexistent-kiln-dep", "/deps/missing"));
+    f.spec
+        .ro_binds
+        .push(bind("/nonexistent-kiln-dep", "/deps/missing"));
     f.spec.steps = vec![bash("never", "touch /out/ran")];
     match f.run() {
         Err(SandboxError::Setup { message }) => assert_eq!(

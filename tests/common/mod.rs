@@ -8,7 +8,10 @@ use std::process::{Command, Output};
 
 /// The repository root (tests/ is one level below it).
 pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("compose/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("compose/ has a parent")
+        .to_path_buf()
 }
 
 /// A project in a temporary directory with the real toolchain module and a
@@ -30,11 +33,18 @@ import "toolchains" as tc;
 
 impl TestProject {
     pub fn new() -> TestProject {
-        let dir = tempfile::Builder::new().prefix("kiln-proj-").tempdir().expect("tempdir");
-        let store = tempfile::Builder::new().prefix("kiln-store-").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("kiln-proj-")
+            .tempdir()
+            .expect("tempdir");
+        let store = tempfile::Builder::new()
+            .prefix("kiln-store-")
+            .tempdir()
+            .expect("tempdir");
         let p = TestProject { dir, store };
         p.write("kiln.toml", "default_board = \"test-board\"\n");
-        let tc = std::fs::read_to_string(repo().join("recipes/lib/toolchains.rhai")).expect("toolchains module");
+        let tc = std::fs::read_to_string(repo().join("recipes/lib/toolchains.rhai"))
+            .expect("toolchains module");
         p.write("recipes/lib/toolchains.rhai", &tc);
         p
     }
@@ -51,7 +61,14 @@ impl TestProject {
 
     /// Writes `boards/test-board.rhai` building `packages`.
     pub fn board(&self, packages: &[&str]) {
-        let list = format!("[{}]", packages.iter().map(|p| format!("\"{p}\"")).collect::<Vec<_>>().join(", "));
+        let list = format!(
+            "[{}]",
+            packages
+                .iter()
+                .map(|p| format!("\"{p}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         self.write("boards/test-board.rhai", &BOARD.replace("PACKAGES", &list));
     }
 
@@ -83,7 +100,10 @@ pub fn stdout(o: &Output) -> String {
 
 /// The JSON events of a `kiln --json build`.
 pub fn events(o: &Output) -> Vec<serde_json::Value> {
-    stdout(o).lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    stdout(o)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
 }
 
 /// recipe → event kind ("cached", "built", "failed", "skipped").
@@ -93,15 +113,24 @@ pub fn outcomes(o: &Output) -> std::collections::BTreeMap<String, String> {
         .filter_map(|e| {
             let kind = e["event"].as_str()?.to_string();
             let recipe = e["recipe"].as_str()?.to_string();
-            matches!(kind.as_str(), "cached" | "built" | "failed" | "skipped").then_some((recipe, kind))
+            matches!(kind.as_str(), "cached" | "built" | "failed" | "skipped")
+                .then_some((recipe, kind))
         })
         .collect()
 }
 
 /// A recipe with only local, shell-run steps (no downloads, no compiler).
 pub fn shell_recipe(name: &str, deps: &[&str], steps: &[&str]) -> String {
-    let deps = deps.iter().map(|d| format!("\"{d}\"")).collect::<Vec<_>>().join(", ");
-    let steps = steps.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(",\n        ");
+    let deps = deps
+        .iter()
+        .map(|d| format!("\"{d}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let steps = steps
+        .iter()
+        .map(|s| format!("{s:?}"))
+        .collect::<Vec<_>>()
+        .join(",\n        ");
     format!(
         "#{{\n    name: \"{name}\",\n    version: \"1.0\",\n    build_deps: [{deps}],\n    steps: [\n        {steps}\n    ],\n}}\n"
     )

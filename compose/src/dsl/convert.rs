@@ -53,7 +53,14 @@ impl<'a> Fields<'a> {
         what: &'static str,
         known: &'static [&'static str],
     ) -> Fields<'a> {
-        let mut f = Fields { map, path, loc, what, known, errors: Vec::new() };
+        let mut f = Fields {
+            map,
+            path,
+            loc,
+            what,
+            known,
+            errors: Vec::new(),
+        };
         f.check_unknown();
         f
     }
@@ -66,10 +73,17 @@ impl<'a> Fields<'a> {
             let path = self.sub(key);
             let mut d = Diagnostic::new(
                 self.loc.key(&path),
-                format!("unknown field `{key}` in {} `{}`", self.what, display_path(&self.path).if_empty(self.what)),
+                format!(
+                    "unknown field `{key}` in {} `{}`",
+                    self.what,
+                    display_path(&self.path).if_empty(self.what)
+                ),
             );
             d = match did_you_mean(key, self.known.iter().copied()) {
-                Some(s) => d.help(format!("did you mean `{s}`? expected one of: {}", self.known.join(", "))),
+                Some(s) => d.help(format!(
+                    "did you mean `{s}`? expected one of: {}",
+                    self.known.join(", ")
+                )),
                 None => d.help(format!("expected one of: {}", self.known.join(", "))),
             };
             self.errors.push(d);
@@ -95,25 +109,38 @@ impl<'a> Fields<'a> {
         self.errors.push(
             Diagnostic::new(
                 self.loc.key(&path),
-                format!("field `{}` must be {expected}, found {}", display_path(&path), type_name(found)),
+                format!(
+                    "field `{}` must be {expected}, found {}",
+                    display_path(&path),
+                    type_name(found)
+                ),
             )
             .help(format!("write `{key}: <{expected}>`")),
         );
     }
 
     pub fn missing(&mut self, key: &str, expected: &str) {
-        let span = if self.path.is_empty() { self.loc.top() } else { self.loc.key(&self.path) };
+        let span = if self.path.is_empty() {
+            self.loc.top()
+        } else {
+            self.loc.key(&self.path)
+        };
         self.errors.push(
             Diagnostic::new(
                 span,
-                format!("{} `{}` is missing required field `{key}`", self.what, display_path(&self.path).if_empty(self.what)),
+                format!(
+                    "{} `{}` is missing required field `{key}`",
+                    self.what,
+                    display_path(&self.path).if_empty(self.what)
+                ),
             )
             .help(format!("add `{key}: <{expected}>`")),
         );
     }
 
     pub fn error(&mut self, path: &[Seg], msg: impl Into<String>, help: impl Into<String>) {
-        self.errors.push(Diagnostic::new(self.loc.key(path), msg).help(help));
+        self.errors
+            .push(Diagnostic::new(self.loc.key(path), msg).help(help));
     }
 
     pub fn string(&mut self, key: &str) -> Option<String> {
@@ -173,7 +200,9 @@ impl<'a> Fields<'a> {
     }
 
     pub fn array(&mut self, key: &str) -> Vec<(FieldPath, Dynamic)> {
-        let Some(v) = self.get(key) else { return Vec::new() };
+        let Some(v) = self.get(key) else {
+            return Vec::new();
+        };
         let Some(arr) = v.read_lock::<rhai::Array>() else {
             self.wrong_type(key, "an array", v);
             return Vec::new();
@@ -201,7 +230,11 @@ impl<'a> Fields<'a> {
                 Err(_) => self.errors.push(
                     Diagnostic::new(
                         self.loc.key(&path),
-                        format!("`{}` must be a string, found {}", display_path(&path), type_name(&item)),
+                        format!(
+                            "`{}` must be a string, found {}",
+                            display_path(&path),
+                            type_name(&item)
+                        ),
                     )
                     .help(format!("`{key}` is an array of strings")),
                 ),
@@ -230,7 +263,11 @@ impl<'a> Fields<'a> {
                 self.errors.push(
                     Diagnostic::new(
                         self.loc.key(&path),
-                        format!("`{}` must be a string, found {}", display_path(&path), type_name(item)),
+                        format!(
+                            "`{}` must be a string, found {}",
+                            display_path(&path),
+                            type_name(item)
+                        ),
                     )
                     .help(format!("`{key}` maps names to strings")),
                 );
@@ -285,7 +322,9 @@ pub const RECIPE_FIELDS: &[&str] = &[
     "units",
     "permissions",
 ];
-const REMOTE_FIELDS: &[&str] = &["url", "sha256", "blake3", "debian", "strip", "dest", "unpack"];
+const REMOTE_FIELDS: &[&str] = &[
+    "url", "sha256", "blake3", "debian", "strip", "dest", "unpack",
+];
 const LOCAL_FIELDS: &[&str] = &["file", "dest"];
 const PATCH_FIELDS: &[&str] = &["file", "strip"];
 const STEP_FIELDS: &[&str] = &["name", "run", "env"];
@@ -384,18 +423,29 @@ pub fn recipe(map: &Map, loc: &Locator, files_dir: &Path) -> Result<Recipe, Vec<
 }
 
 pub fn valid_name(name: &str) -> bool {
-    name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.+".contains(c))
+    name.chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.+".contains(c))
 }
 
 fn check_env_names(f: &mut Fields, key: &str, env: &BTreeMap<String, String>) {
     for name in env.keys() {
-        let ok = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        let ok = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
             && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !ok {
             let mut p = f.sub(key);
             p.push(Seg::Key(name.clone()));
-            f.error(&p, format!("`{name}` is not a valid environment variable name"), "use letters, digits and `_`");
+            f.error(
+                &p,
+                format!("`{name}` is not a valid environment variable name"),
+                "use letters, digits and `_`",
+            );
         }
     }
 }
@@ -405,8 +455,12 @@ fn abs_paths(f: &mut Fields, key: &str) -> Vec<String> {
     for (s, span) in f.strings(key) {
         if !s.starts_with('/') || s.split('/').any(|c| c == "..") {
             f.errors.push(
-                Diagnostic::new(span, format!("`{key}` entry `{s}` is not an absolute path"))
-                    .help(format!("write it as it appears in the image, e.g. `/{}`", s.trim_start_matches("./"))),
+                Diagnostic::new(span, format!("`{key}` entry `{s}` is not an absolute path")).help(
+                    format!(
+                        "write it as it appears in the image, e.g. `/{}`",
+                        s.trim_start_matches("./")
+                    ),
+                ),
             );
         } else {
             out.push(s);
@@ -431,7 +485,11 @@ fn as_map(f: &mut Fields, path: &FieldPath, item: &Dynamic, expected: &str) -> O
         None => {
             f.error(
                 path,
-                format!("`{}` must be {expected}, found {}", display_path(path), type_name(item)),
+                format!(
+                    "`{}` must be {expected}, found {}",
+                    display_path(path),
+                    type_name(item)
+                ),
                 format!("write it as {expected}"),
             );
             None
@@ -440,13 +498,24 @@ fn as_map(f: &mut Fields, path: &FieldPath, item: &Dynamic, expected: &str) -> O
 }
 
 fn is_hex(s: &str, len: usize) -> bool {
-    s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == len
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn source(f: &mut Fields, path: &FieldPath, item: &Dynamic, files_dir: &Path) -> Option<Source> {
-    let map = as_map(f, path, item, "a source map (`#{ url: ..., sha256: ... }` or `#{ file: ... }`)")?;
+    let map = as_map(
+        f,
+        path,
+        item,
+        "a source map (`#{ url: ..., sha256: ... }` or `#{ file: ... }`)",
+    )?;
     let local = map.contains_key("file");
-    let (what, known) = if local { ("local source", LOCAL_FIELDS) } else { ("source", REMOTE_FIELDS) };
+    let (what, known) = if local {
+        ("local source", LOCAL_FIELDS)
+    } else {
+        ("source", REMOTE_FIELDS)
+    };
     let mut s = sub_fields(f, path, &map, what, known);
     let span = s.locator().key(path);
     let result = if local {
@@ -465,7 +534,11 @@ fn source(f: &mut Fields, path: &FieldPath, item: &Dynamic, files_dir: &Path) ->
             (None, Some(h)) => check_hash(&mut s, "blake3", h, 64).map(SourceHash::Blake3),
             (Some(_), Some(_)) => {
                 let p = s.sub("blake3");
-                s.error(&p, "a source has both `sha256` and `blake3`", "keep one of them");
+                s.error(
+                    &p,
+                    "a source has both `sha256` and `blake3`",
+                    "keep one of them",
+                );
                 None
             }
             (None, None) => {
@@ -479,9 +552,21 @@ fn source(f: &mut Fields, path: &FieldPath, item: &Dynamic, files_dir: &Path) ->
         let unpack = s.bool("unpack").unwrap_or(true);
         if !url.is_empty() && !url.contains("://") {
             let p = s.sub("url");
-            s.error(&p, format!("`{url}` is not a URL"), "write the full upstream URL, e.g. `https://.../name-1.0.tar.gz`");
+            s.error(
+                &p,
+                format!("`{url}` is not a URL"),
+                "write the full upstream URL, e.g. `https://.../name-1.0.tar.gz`",
+            );
         }
-        hash.map(|hash| Source::Remote { url, hash, debian, strip, dest, unpack, span })
+        hash.map(|hash| Source::Remote {
+            url,
+            hash,
+            debian,
+            strip,
+            dest,
+            unpack,
+            span,
+        })
     };
     check_dest(&mut s, &result);
     f.errors.append(&mut s.errors);
@@ -495,7 +580,11 @@ fn check_dest(f: &mut Fields, source: &Option<Source>) {
     };
     if dest.starts_with('/') || dest.split('/').any(|c| c == "..") {
         let p = f.sub("dest");
-        f.error(&p, format!("`dest` `{dest}` must be a relative path below /build/src"), "drop the leading `/` and any `..`");
+        f.error(
+            &p,
+            format!("`dest` `{dest}` must be a relative path below /build/src"),
+            "drop the leading `/` and any `..`",
+        );
     }
 }
 
@@ -521,7 +610,11 @@ fn local_hash(f: &mut Fields, key: &str, file: &str, files_dir: &Path) -> Option
         Ok(p) => p,
         Err(e) => {
             let p = f.sub(key);
-            f.error(&p, e.to_string(), "name a file in the recipe's own directory");
+            f.error(
+                &p,
+                e.to_string(),
+                "name a file in the recipe's own directory",
+            );
             return None;
         }
     };
@@ -546,7 +639,12 @@ fn patch(f: &mut Fields, path: &FieldPath, item: &Dynamic, files_dir: &Path) -> 
         let mut sub = Fields::new(&empty, path.clone(), f.locator(), "patch", PATCH_FIELDS);
         let hash = local_hash_at(&mut sub, &file, files_dir, span.clone());
         f.errors.append(&mut sub.errors);
-        return hash.map(|blake3| Patch { path: file.to_string(), blake3, strip: 1, span });
+        return hash.map(|blake3| Patch {
+            path: file.to_string(),
+            blake3,
+            strip: 1,
+            span,
+        });
     }
     let map = as_map(f, path, item, "a patch file name or `#{ file, strip }`")?;
     let mut s = sub_fields(f, path, &map, "patch", PATCH_FIELDS);
@@ -555,7 +653,12 @@ fn patch(f: &mut Fields, path: &FieldPath, item: &Dynamic, files_dir: &Path) -> 
     let span = s.locator().key(path);
     let hash = local_hash(&mut s, "file", &file, files_dir);
     f.errors.append(&mut s.errors);
-    hash.map(|blake3| Patch { path: file, blake3, strip, span })
+    hash.map(|blake3| Patch {
+        path: file,
+        blake3,
+        strip,
+        span,
+    })
 }
 
 fn local_hash_at(f: &mut Fields, file: &str, files_dir: &Path, span: Span) -> Option<String> {
@@ -580,9 +683,19 @@ fn step(f: &mut Fields, index: usize, path: &FieldPath, item: &Dynamic) -> Optio
     }
     if item.is_array() {
         let argv = argv(f, path, item)?;
-        return Some(Step { name: default_name, argv, env: BTreeMap::new(), span });
+        return Some(Step {
+            name: default_name,
+            argv,
+            env: BTreeMap::new(),
+            span,
+        });
     }
-    let map = as_map(f, path, item, "a command string, an argv array, or `#{ name, run, env }`")?;
+    let map = as_map(
+        f,
+        path,
+        item,
+        "a command string, an argv array, or `#{ name, run, env }`",
+    )?;
     let mut s = sub_fields(f, path, &map, "step", STEP_FIELDS);
     let name = s.string("name").unwrap_or(default_name);
     let env = s.string_map("env");
@@ -605,7 +718,12 @@ fn step(f: &mut Fields, index: usize, path: &FieldPath, item: &Dynamic) -> Optio
         },
     };
     f.errors.append(&mut s.errors);
-    run.map(|argv| Step { name, argv, env, span })
+    run.map(|argv| Step {
+        name,
+        argv,
+        env,
+        span,
+    })
 }
 
 fn shell(text: &str) -> Vec<String> {
@@ -623,7 +741,12 @@ fn argv(f: &mut Fields, path: &FieldPath, item: &Dynamic) -> Option<Vec<String>>
                 p.push(Seg::Index(i));
                 f.error(
                     &p,
-                    format!("argument {} of `{}` must be a string, found {}", i + 1, display_path(path), type_name(a)),
+                    format!(
+                        "argument {} of `{}` must be a string, found {}",
+                        i + 1,
+                        display_path(path),
+                        type_name(a)
+                    ),
                     "quote it, e.g. `\"4\"`",
                 );
                 return None;
@@ -631,7 +754,11 @@ fn argv(f: &mut Fields, path: &FieldPath, item: &Dynamic) -> Option<Vec<String>>
         }
     }
     if out.is_empty() {
-        f.error(path, format!("`{}` is an empty command", display_path(path)), "give at least the program to run");
+        f.error(
+            path,
+            format!("`{}` is an empty command", display_path(path)),
+            "give at least the program to run",
+        );
         return None;
     }
     Some(out)
@@ -643,7 +770,11 @@ fn permission(f: &mut Fields, path: &FieldPath, item: &Dynamic) -> Option<Permis
     let p = s.req_string("path");
     if !p.is_empty() && !p.starts_with('/') {
         let fp = s.sub("path");
-        s.error(&fp, format!("permission path `{p}` is not absolute"), "write the path as it appears in the image");
+        s.error(
+            &fp,
+            format!("permission path `{p}` is not absolute"),
+            "write the path as it appears in the image",
+        );
     }
     let mode = s.int("mode", 0, 0o7777).map(|m| m as u32);
     let uid = s.int("uid", 0, u32::MAX as i64).map(|m| m as u32);
@@ -651,11 +782,27 @@ fn permission(f: &mut Fields, path: &FieldPath, item: &Dynamic) -> Option<Permis
     let caps = s.string("caps");
     let span = s.locator().key(path);
     f.errors.append(&mut s.errors);
-    Some(Permission { path: p, mode, uid, gid, caps, span })
+    Some(Permission {
+        path: p,
+        mode,
+        uid,
+        gid,
+        caps,
+        span,
+    })
 }
 
-pub const BOARD_FIELDS: &[&str] =
-    &["name", "description", "target", "toolchain", "kernel", "bootloader", "partitions", "packages", "overrides"];
+pub const BOARD_FIELDS: &[&str] = &[
+    "name",
+    "description",
+    "target",
+    "toolchain",
+    "kernel",
+    "bootloader",
+    "partitions",
+    "packages",
+    "overrides",
+];
 const TARGET_FIELDS: &[&str] = &["arch", "triple", "rust_triple", "cpu_flags"];
 const TOOLCHAIN_FIELDS: &[&str] = &[
     "name",
@@ -675,7 +822,15 @@ const TOOLCHAIN_FIELDS: &[&str] = &[
 ];
 const KERNEL_FIELDS: &[&str] = &["recipe", "base", "fragments"];
 const BOOTLOADER_FIELDS: &[&str] = &["recipe", "config"];
-const PARTITION_FIELDS: &[&str] = &["table", "gap_mib", "align_mib", "boot_mib", "root_mib", "state_mib", "data_mib"];
+const PARTITION_FIELDS: &[&str] = &[
+    "table",
+    "gap_mib",
+    "align_mib",
+    "boot_mib",
+    "root_mib",
+    "state_mib",
+    "data_mib",
+];
 
 pub const ARCHES: &[&str] = &["aarch64", "x86_64"];
 
@@ -693,13 +848,22 @@ pub fn target(map: &Map, loc: &Locator) -> Result<Target, Vec<Diagnostic>> {
     let arch = s.req_string("arch");
     if !arch.is_empty() && !ARCHES.contains(&arch.as_str()) {
         let p = s.sub("arch");
-        s.error(&p, format!("unsupported arch `{arch}`"), format!("Kiln builds for: {}", ARCHES.join(", ")));
+        s.error(
+            &p,
+            format!("unsupported arch `{arch}`"),
+            format!("Kiln builds for: {}", ARCHES.join(", ")),
+        );
     }
     let triple = s.req_string("triple");
     let rust_triple = s.req_string("rust_triple");
     let cpu_flags = s.strings("cpu_flags").into_iter().map(|(s, _)| s).collect();
     if s.errors.is_empty() {
-        Ok(Target { arch, triple, rust_triple, cpu_flags })
+        Ok(Target {
+            arch,
+            triple,
+            rust_triple,
+            cpu_flags,
+        })
     } else {
         Err(s.errors)
     }
@@ -719,7 +883,10 @@ pub fn board(map: &Map, loc: &Locator, target: Target) -> Result<Board, Vec<Diag
         }
         None => {
             if f.errors.is_empty() {
-                f.missing("toolchain", "a toolchain map, e.g. `tc::gnu(\"aarch64-linux-gnu\", ...)`");
+                f.missing(
+                    "toolchain",
+                    "a toolchain map, e.g. `tc::gnu(\"aarch64-linux-gnu\", ...)`",
+                );
             }
             None
         }
@@ -735,8 +902,17 @@ pub fn board(map: &Map, loc: &Locator, target: Target) -> Result<Board, Vec<Diag
         kc
     });
     let bootloader = f.map("bootloader").map(|b| {
-        let mut s = sub_fields(&f, &f.sub("bootloader"), &b, "bootloader", BOOTLOADER_FIELDS);
-        let bc = BootloaderConfig { recipe: s.req_string("recipe"), config: s.req_string("config") };
+        let mut s = sub_fields(
+            &f,
+            &f.sub("bootloader"),
+            &b,
+            "bootloader",
+            BOOTLOADER_FIELDS,
+        );
+        let bc = BootloaderConfig {
+            recipe: s.req_string("recipe"),
+            config: s.req_string("config"),
+        };
         f.errors.append(&mut s.errors);
         bc
     });
@@ -744,11 +920,17 @@ pub fn board(map: &Map, loc: &Locator, target: Target) -> Result<Board, Vec<Diag
         Some(p) => {
             let mut s = sub_fields(&f, &f.sub("partitions"), &p, "partitions", PARTITION_FIELDS);
             let d = PartitionLayout::default();
-            let mib = |s: &mut Fields, k: &str, def: u64| s.int(k, 0, 1 << 30).map(|v| v as u64).unwrap_or(def);
+            let mib = |s: &mut Fields, k: &str, def: u64| {
+                s.int(k, 0, 1 << 30).map(|v| v as u64).unwrap_or(def)
+            };
             let table = s.string("table").unwrap_or(d.table.clone());
             if table != "mbr" && table != "gpt" {
                 let path = s.sub("table");
-                s.error(&path, format!("partition table `{table}` is not supported"), "use \"mbr\" or \"gpt\"");
+                s.error(
+                    &path,
+                    format!("partition table `{table}` is not supported"),
+                    "use \"mbr\" or \"gpt\"",
+                );
             }
             let layout = PartitionLayout {
                 table,
@@ -768,7 +950,10 @@ pub fn board(map: &Map, loc: &Locator, target: Target) -> Result<Board, Vec<Diag
     let mut package_spans = BTreeMap::new();
     for (p, span) in f.strings("packages") {
         if package_spans.contains_key(&p) {
-            f.errors.push(Diagnostic::new(span, format!("package `{p}` is listed twice")).help("remove one of them"));
+            f.errors.push(
+                Diagnostic::new(span, format!("package `{p}` is listed twice"))
+                    .help("remove one of them"),
+            );
         } else {
             package_spans.insert(p.clone(), span);
             packages.push(p);
@@ -809,14 +994,22 @@ fn toolchain(s: &mut Fields) -> Option<Toolchain> {
         rustc: s.req_string("rustc"),
         cargo: s.req_string("cargo"),
         rust_linker: s.req_string("rust_linker"),
-        host_paths: s.strings("host_paths").into_iter().map(|(p, _)| p.into()).collect(),
+        host_paths: s
+            .strings("host_paths")
+            .into_iter()
+            .map(|(p, _)| p.into())
+            .collect(),
         env: s.string_map("env"),
     };
     for (i, p) in tc.host_paths.iter().enumerate() {
         if !p.is_absolute() {
             let mut path = s.sub("host_paths");
             path.push(Seg::Index(i));
-            s.error(&path, format!("host path `{}` is not absolute", p.display()), "toolchain host paths are absolute host directories");
+            s.error(
+                &path,
+                format!("host path `{}` is not absolute", p.display()),
+                "toolchain host paths are absolute host directories",
+            );
         }
     }
     s.errors.is_empty().then_some(tc)

@@ -20,7 +20,8 @@ pub const MAX_OPERATIONS: u64 = 5_000_000;
 
 fn standard_package() -> Shared<rhai::Module> {
     static PKG: OnceLock<Shared<rhai::Module>> = OnceLock::new();
-    PKG.get_or_init(|| StandardPackage::new().as_shared_module()).clone()
+    PKG.get_or_init(|| StandardPackage::new().as_shared_module())
+        .clone()
 }
 
 /// Builds the engine for one script whose private files live in `files_dir`.
@@ -40,17 +41,24 @@ pub fn new_engine(files_dir: &Path, lib_dir: &Path) -> Engine {
     engine.set_module_resolver(LibResolver::new(lib_dir));
 
     let dir = files_dir.to_path_buf();
-    engine.register_fn("read_file", move |path: &str| -> Result<String, Box<EvalAltResult>> {
-        let full = recipe_file(&dir, path)?;
-        std::fs::read_to_string(&full).map_err(|e| runtime(format!("cannot read {}: {e}", full.display())))
-    });
+    engine.register_fn(
+        "read_file",
+        move |path: &str| -> Result<String, Box<EvalAltResult>> {
+            let full = recipe_file(&dir, path)?;
+            std::fs::read_to_string(&full)
+                .map_err(|e| runtime(format!("cannot read {}: {e}", full.display())))
+        },
+    );
     let dir = files_dir.to_path_buf();
-    engine.register_fn("file_blake3", move |path: &str| -> Result<String, Box<EvalAltResult>> {
-        let full = recipe_file(&dir, path)?;
-        crate::hashing::path_blake3(&full)
-            .map(|d| d.to_hex().to_string())
-            .map_err(|e| runtime(format!("cannot hash {}: {e}", full.display())))
-    });
+    engine.register_fn(
+        "file_blake3",
+        move |path: &str| -> Result<String, Box<EvalAltResult>> {
+            let full = recipe_file(&dir, path)?;
+            crate::hashing::path_blake3(&full)
+                .map(|d| d.to_hex().to_string())
+                .map_err(|e| runtime(format!("cannot hash {}: {e}", full.display())))
+        },
+    );
     engine
 }
 
@@ -71,7 +79,10 @@ pub fn recipe_file(dir: &Path, path: &str) -> Result<PathBuf, Box<EvalAltResult>
     // A symlink inside the recipe's directory must not lead out of it.
     if let (Ok(real), Ok(base)) = (full.canonicalize(), dir.canonicalize()) {
         if !real.starts_with(&base) {
-            return Err(runtime(format!("`{path}` points outside {}", dir.display())));
+            return Err(runtime(format!(
+                "`{path}` points outside {}",
+                dir.display()
+            )));
         }
     }
     Ok(full)
@@ -85,7 +96,10 @@ struct LibResolver {
 
 impl LibResolver {
     fn new(dir: &Path) -> LibResolver {
-        LibResolver { inner: Arc::new(FileModuleResolver::new_with_path_and_extension(dir, "rhai")), dir: dir.into() }
+        LibResolver {
+            inner: Arc::new(FileModuleResolver::new_with_path_and_extension(dir, "rhai")),
+            dir: dir.into(),
+        }
     }
 }
 
@@ -97,7 +111,10 @@ impl ModuleResolver for LibResolver {
         path: &str,
         pos: Position,
     ) -> Result<Shared<rhai::Module>, Box<EvalAltResult>> {
-        let plain = !path.is_empty() && path.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        let plain = !path.is_empty()
+            && path
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
         if !plain {
             return Err(Box::new(EvalAltResult::ErrorRuntime(
                 format!(

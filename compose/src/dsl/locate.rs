@@ -66,14 +66,19 @@ impl Locator {
         let mut keys = Vec::new();
         let mut strings = Vec::new();
         ast.walk(&mut |nodes: &[ASTNode]| {
-            let Some(ASTNode::Expr(expr)) = nodes.last() else { return true };
+            let Some(ASTNode::Expr(expr)) = nodes.last() else {
+                return true;
+            };
             match expr {
                 Expr::Map(map, _) => {
                     let prefix = enclosing_keys(nodes);
                     for (ident, _) in map.0.iter() {
                         let mut path = prefix.clone();
                         path.push(ident.name.to_string());
-                        keys.push(KeyPos { path, pos: ident.pos });
+                        keys.push(KeyPos {
+                            path,
+                            pos: ident.pos,
+                        });
                     }
                 }
                 Expr::StringConstant(s, pos) => {
@@ -87,8 +92,18 @@ impl Locator {
             }
             true
         });
-        let top = ast.statements().last().map(|s| s.position()).unwrap_or(Position::new(1, 1));
-        Locator { file, keys, strings, top, overlay: None }
+        let top = ast
+            .statements()
+            .last()
+            .map(|s| s.position())
+            .unwrap_or(Position::new(1, 1));
+        Locator {
+            file,
+            keys,
+            strings,
+            top,
+            overlay: None,
+        }
     }
 
     /// This locator, except that paths the board's `overrides.<recipe>` map
@@ -164,8 +179,14 @@ impl Locator {
     fn find_key(&self, path: &[Seg]) -> Option<Position> {
         let want = keys_only(path);
         let exact: Vec<&KeyPos> = self.keys.iter().filter(|k| k.path == want).collect();
-        let candidates =
-            if exact.is_empty() { self.keys.iter().filter(|k| ends_with(&k.path, &want)).collect() } else { exact };
+        let candidates = if exact.is_empty() {
+            self.keys
+                .iter()
+                .filter(|k| ends_with(&k.path, &want))
+                .collect()
+        } else {
+            exact
+        };
         if candidates.is_empty() {
             return None;
         }
@@ -196,7 +217,9 @@ fn ends_with(have: &[String], want: &[String]) -> bool {
 fn enclosing_keys(nodes: &[ASTNode]) -> Vec<String> {
     let mut out = Vec::new();
     for pair in nodes.windows(2) {
-        let (ASTNode::Expr(Expr::Map(map, _)), ASTNode::Expr(child)) = (&pair[0], &pair[1]) else { continue };
+        let (ASTNode::Expr(Expr::Map(map, _)), ASTNode::Expr(child)) = (&pair[0], &pair[1]) else {
+            continue;
+        };
         if let Some((ident, _)) = map.0.iter().find(|(_, e)| std::ptr::eq(e, *child)) {
             out.push(ident.name.to_string());
         }

@@ -28,7 +28,12 @@ impl Project {
     /// Finds the project containing `start` by looking upward for `kiln.toml`.
     pub fn discover(start: &Path) -> Option<Project> {
         let start = start.canonicalize().ok()?;
-        start.ancestors().find(|d| d.join("kiln.toml").is_file()).map(|d| Project { root: d.to_path_buf() })
+        start
+            .ancestors()
+            .find(|d| d.join("kiln.toml").is_file())
+            .map(|d| Project {
+                root: d.to_path_buf(),
+            })
     }
 
     pub fn at(root: impl Into<PathBuf>) -> Project {
@@ -49,7 +54,9 @@ impl Project {
 
     /// The path as shown to users and stored in spans: relative to the project.
     pub fn rel(&self, path: &Path) -> PathBuf {
-        path.strip_prefix(&self.root).map(Path::to_path_buf).unwrap_or_else(|_| path.to_path_buf())
+        path.strip_prefix(&self.root)
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|_| path.to_path_buf())
     }
 
     /// `qemu-aarch64`, `boards/qemu-aarch64.rhai` or a path: the board file.
@@ -59,7 +66,9 @@ impl Project {
             if p.is_absolute() {
                 return p.to_path_buf();
             }
-            let cwd_rel = std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf());
+            let cwd_rel = std::env::current_dir()
+                .map(|d| d.join(p))
+                .unwrap_or_else(|_| p.to_path_buf());
             if cwd_rel.exists() {
                 return cwd_rel;
             }
@@ -105,18 +114,33 @@ struct Script {
     loc: Locator,
 }
 
-fn eval_script(project: &Project, path: &Path, files_dir: &Path, target: Option<&Target>) -> Result<Script, Diagnostic> {
+fn eval_script(
+    project: &Project,
+    path: &Path,
+    files_dir: &Path,
+    target: Option<&Target>,
+) -> Result<Script, Diagnostic> {
     let rel = project.rel(path);
-    let file_span = Span { file: rel.clone(), line: 1, column: 1 };
+    let file_span = Span {
+        file: rel.clone(),
+        line: 1,
+        column: 1,
+    };
     let text = std::fs::read_to_string(path).map_err(|e| {
-        Diagnostic::new(file_span.clone(), format!("cannot read {}: {e}", path.display()))
-            .help("check the path and the file's permissions")
+        Diagnostic::new(
+            file_span.clone(),
+            format!("cannot read {}: {e}", path.display()),
+        )
+        .help("check the path and the file's permissions")
     })?;
     let engine = engine::new_engine(files_dir, &project.lib_dir());
     let mut ast = engine.compile(&text).map_err(|e| {
         let pos = e.position();
-        Diagnostic::new(span_at(&rel, pos), format!("syntax error: {}", e.err_type()))
-            .help("see recipes/README.md for the recipe and board syntax")
+        Diagnostic::new(
+            span_at(&rel, pos),
+            format!("syntax error: {}", e.err_type()),
+        )
+        .help("see recipes/README.md for the recipe and board syntax")
     })?;
     ast.set_source(rel.to_string_lossy().to_string());
     let loc = Locator::new(rel.clone(), &ast);
@@ -124,19 +148,33 @@ fn eval_script(project: &Project, path: &Path, files_dir: &Path, target: Option<
     if let Some(t) = target {
         scope.push_constant("target", target_map(t));
     }
-    let value = engine.eval_ast_with_scope::<Dynamic>(&mut scope, &ast).map_err(|e| eval_error(&rel, &e))?;
+    let value = engine
+        .eval_ast_with_scope::<Dynamic>(&mut scope, &ast)
+        .map_err(|e| eval_error(&rel, &e))?;
     if !value.is_map() {
         return Err(Diagnostic::new(
             loc.top(),
-            format!("the script's value is {}, not a map", convert::type_name(&value)),
+            format!(
+                "the script's value is {}, not a map",
+                convert::type_name(&value)
+            ),
         )
         .help("end the script with the `#{ ... }` map (no `;` after it)"));
     }
-    Ok(Script { engine, ast, value, loc })
+    Ok(Script {
+        engine,
+        ast,
+        value,
+        loc,
+    })
 }
 
 fn span_at(file: &Path, pos: Position) -> Span {
-    Span { file: file.to_path_buf(), line: pos.line().unwrap_or(1), column: pos.position().unwrap_or(1) }
+    Span {
+        file: file.to_path_buf(),
+        line: pos.line().unwrap_or(1),
+        column: pos.position().unwrap_or(1),
+    }
 }
 
 /// Turns a Rhai runtime error into a diagnostic at its innermost position.
@@ -163,26 +201,35 @@ fn eval_error(file: &Path, err: &EvalAltResult) -> Diagnostic {
     let pos = err.position();
     let (msg, help) = match err {
         EvalAltResult::ErrorTooManyOperations(_) => (
-            format!("evaluation stopped after {} operations: is there an endless loop?", engine::MAX_OPERATIONS),
+            format!(
+                "evaluation stopped after {} operations: is there an endless loop?",
+                engine::MAX_OPERATIONS
+            ),
             "recipes must evaluate quickly; check loops and recursion near this line",
         ),
-        EvalAltResult::ErrorStackOverflow(_) => {
-            ("evaluation stopped: calls nested too deep".to_string(), "check for unbounded recursion")
-        }
+        EvalAltResult::ErrorStackOverflow(_) => (
+            "evaluation stopped: calls nested too deep".to_string(),
+            "check for unbounded recursion",
+        ),
         EvalAltResult::ErrorVariableNotFound(name, _) => (
             format!("unknown variable `{name}`"),
             "recipes can use `target` and their own variables; boards can use imported modules",
         ),
-        EvalAltResult::ErrorFunctionNotFound(sig, _) => {
-            (format!("unknown function `{sig}`"), "see recipes/README.md for the functions scripts can call")
-        }
+        EvalAltResult::ErrorFunctionNotFound(sig, _) => (
+            format!("unknown function `{sig}`"),
+            "see recipes/README.md for the functions scripts can call",
+        ),
         EvalAltResult::ErrorModuleNotFound(name, _) => (
             format!("no module `{name}` in recipes/lib/"),
             "create recipes/lib/<name>.rhai or fix the import name",
         ),
         other => (other.to_string(), "fix the expression at this position"),
     };
-    let msg = if context.is_empty() { msg } else { format!("{msg} ({})", context.join(", ")) };
+    let msg = if context.is_empty() {
+        msg
+    } else {
+        format!("{msg} ({})", context.join(", "))
+    };
     Diagnostic::new(span_at(&file, pos), msg).help(help)
 }
 
@@ -191,7 +238,11 @@ fn target_map(t: &Target) -> Dynamic {
     m.insert("arch".into(), t.arch.clone().into());
     m.insert("triple".into(), t.triple.clone().into());
     m.insert("rust_triple".into(), t.rust_triple.clone().into());
-    let flags: rhai::Array = t.cpu_flags.iter().map(|f| Dynamic::from(f.clone())).collect();
+    let flags: rhai::Array = t
+        .cpu_flags
+        .iter()
+        .map(|f| Dynamic::from(f.clone()))
+        .collect();
     m.insert("cpu_flags".into(), flags.into());
     Dynamic::from_map(m)
 }
@@ -206,17 +257,27 @@ pub fn evaluate(project: &Project, board_path: &Path) -> Result<Evaluation, Diag
     let board_script = eval_script(project, board_path, &files_dir_of(board_path), None)?;
     let board_map = map_of(&board_script.value);
     let target = convert::target(&board_map, &board_script.loc).map_err(Diagnostics)?;
-    let mut board = convert::board(&board_map, &board_script.loc, target.clone()).map_err(Diagnostics)?;
+    let mut board =
+        convert::board(&board_map, &board_script.loc, target.clone()).map_err(Diagnostics)?;
 
     let files = project.recipe_files().map_err(|e| {
         Diagnostic::new(
-            Span { file: project.rel(&project.recipes_dir()), line: 0, column: 0 },
+            Span {
+                file: project.rel(&project.recipes_dir()),
+                line: 0,
+                column: 0,
+            },
             format!("cannot list recipes: {e}"),
         )
     })?;
     let scripts: Vec<(PathBuf, Result<Script, Diagnostic>)> = files
         .par_iter()
-        .map(|path| (path.clone(), eval_script(project, path, &files_dir_of(path), Some(&target))))
+        .map(|path| {
+            (
+                path.clone(),
+                eval_script(project, path, &files_dir_of(path), Some(&target)),
+            )
+        })
         .collect();
 
     let mut errors = Vec::new();
@@ -230,7 +291,10 @@ pub fn evaluate(project: &Project, board_path: &Path) -> Result<Evaluation, Diag
             }
         };
         let map = map_of(&script.value);
-        let Some(name) = map.get("name").and_then(|n| n.clone().into_immutable_string().ok()) else {
+        let Some(name) = map
+            .get("name")
+            .and_then(|n| n.clone().into_immutable_string().ok())
+        else {
             // Conversion reports the missing or mistyped name with its position.
             if let Err(mut e) = convert::recipe(&map, &script.loc, &files_dir_of(&path)) {
                 errors.append(&mut e);
@@ -243,7 +307,13 @@ pub fn evaluate(project: &Project, board_path: &Path) -> Result<Evaluation, Diag
             let there = other_script.loc.key(&[Seg::Key("name".into())]);
             errors.push(
                 Diagnostic::new(here, format!("duplicate recipe name `{name}`"))
-                    .note(there, format!("`{name}` is already defined in {}", project.rel(other).display()))
+                    .note(
+                        there,
+                        format!(
+                            "`{name}` is already defined in {}",
+                            project.rel(other).display()
+                        ),
+                    )
                     .help("rename one of the recipes or remove the copy"),
             );
             continue;
@@ -253,7 +323,10 @@ pub fn evaluate(project: &Project, board_path: &Path) -> Result<Evaluation, Diag
 
     // Overrides: maps deep-merge into the recipe, functions replace it.
     let mut overridden: BTreeMap<String, Vec<Seg>> = BTreeMap::new();
-    if let Some(overrides) = board_map.get("overrides").and_then(|o| o.read_lock::<Map>().map(|m| m.clone())) {
+    if let Some(overrides) = board_map
+        .get("overrides")
+        .and_then(|o| o.read_lock::<Map>().map(|m| m.clone()))
+    {
         for (name, change) in overrides {
             let name = name.to_string();
             let path = vec![Seg::Key("overrides".into()), Seg::Key(name.clone())];
@@ -267,12 +340,19 @@ pub fn evaluate(project: &Project, board_path: &Path) -> Result<Evaluation, Diag
                 continue;
             };
             if let Some(fp) = change.read_lock::<FnPtr>().map(|f| f.clone()) {
-                match fp.call::<Dynamic>(&board_script.engine, &board_script.ast, (script.value.clone(),)) {
+                match fp.call::<Dynamic>(
+                    &board_script.engine,
+                    &board_script.ast,
+                    (script.value.clone(),),
+                ) {
                     Ok(v) if v.is_map() => script.value = v,
                     Ok(v) => errors.push(
                         Diagnostic::new(
                             span,
-                            format!("override function for `{name}` returned {}, not a map", convert::type_name(&v)),
+                            format!(
+                                "override function for `{name}` returned {}, not a map",
+                                convert::type_name(&v)
+                            ),
                         )
                         .help("return the (changed) recipe map from the function"),
                     ),
@@ -286,13 +366,19 @@ pub fn evaluate(project: &Project, board_path: &Path) -> Result<Evaluation, Diag
                 errors.push(
                     Diagnostic::new(
                         span,
-                        format!("override for `{name}` is {}, expected a map or a function", convert::type_name(&change)),
+                        format!(
+                            "override for `{name}` is {}, expected a map or a function",
+                            convert::type_name(&change)
+                        ),
                     )
                     .help("write `name: #{ field: value }` or `name: |r| { ...; r }`"),
                 );
                 continue;
             }
-            board.overrides.push(Override { recipe: name.clone(), span: board_script.loc.key(&path) });
+            board.overrides.push(Override {
+                recipe: name.clone(),
+                span: board_script.loc.key(&path),
+            });
             overridden.insert(name, path);
         }
     }
