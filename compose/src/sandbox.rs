@@ -61,6 +61,10 @@ pub const EXIT_ERROR: i32 = 2;
 
 const SPEC_FILE: &str = "spec.json";
 const STATUS_FILE: &str = "status.json";
+/// The helper's own stderr (panics, a failure to write the status file).
+/// A file rather than a pipe, so that `run` never waits on whoever else
+/// might hold the pipe open.
+const HELPER_STDERR_FILE: &str = "helper.stderr";
 /// Mount point of the new root below `scratch`.
 const ROOT_DIR: &str = "root";
 
@@ -177,6 +181,13 @@ pub enum SandboxError {
         source: io::Error,
     },
 
+    /// Waiting for the helper failed (not expected to happen).
+    #[error("cannot wait for the sandbox helper: {source}")]
+    Wait {
+        #[source]
+        source: io::Error,
+    },
+
     /// Building the sandbox failed (namespaces, a mount, pivot_root, ...).
     /// `message` names the operation, the path and the errno.
     #[error("sandbox setup failed: {message}")]
@@ -282,6 +293,7 @@ pub fn run(
     validate(spec).map_err(SandboxError::InvalidSpec)?;
     let spec_path = spec.scratch.join(SPEC_FILE);
     let status_path = spec.scratch.join(STATUS_FILE);
+    let stderr_path = spec.scratch.join(HELPER_STDERR_FILE);
 
     let json = serde_json::to_vec_pretty(spec)
         .map_err(|e| SandboxError::InvalidSpec(format!("cannot encode the spec: {e}")))?;
@@ -302,13 +314,19 @@ pub fn run(
         }
     }
 
+    let stderr = File::create(&stderr_path).map_err(|source| SandboxError::Io {
+        action: "cannot create",
+        path: stderr_path.clone(),
+        source,
+    })?;
+
     let mut cmd = Command::new(helper);
     cmd.arg(HELPER_ARG)
         .arg(&spec_path)
         .env_clear()
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        .stderr(stderr);
     if let Some(client) = jobserver {
         client.configure_make(&mut cmd);
     }
@@ -327,19 +345,25 @@ pub fn run(
             Ok(())
         });
     }
-    let output = cmd.output().map_err(|source| SandboxError::Spawn {
+    let mut child = cmd.spawn().map_err(|source| SandboxError::Spawn {
         helper: helper.to_owned(),
         source,
     })?;
+    let status = child
+        .wait()
+        .map_err(|source| SandboxError::Wait { source })?;
 
     let bytes = match fs::read(&status_path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             return Err(SandboxError::HelperDied {
                 helper: helper.to_owned(),
-                status: output.status,
-                stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-            })
+                status,
+                // Only a diagnostic; an unreadable file just means no details.
+                stderr: fs::read(&stderr_path)
+                    .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+                    .unwrap_or_default(),
+            });
         }
         Err(source) => {
             return Err(SandboxError::Io {
@@ -597,6 +621,8 @@ fn init(
 /// (EOF) once the helper is gone — which covers the helper dying before
 /// `PR_SET_PDEATHSIG` took effect.
 fn die_with_helper(lifeline: &OwnedFd) -> Result<(), Failure> {
+    prctl::set_pdeathsig(Signal::SIGKILL)
+        .map_err(|e| os_fail("cannot set the parent-death signal", e))?;
     let mut fds = [PollFd::new(lifeline.as_fd(), PollFlags::POLLIN)];
     match poll(&mut fds, PollTimeout::ZERO) {
         Ok(0) => Ok(()),
