@@ -18,6 +18,9 @@ use kiln_cache::{ActionResult, Digest, EntryKind, Root, Store, StoreError};
 
 const CHILD_ENV: &str = "KILN_CACHE_TEST_CHILD";
 const MODE_ENV: &str = "KILN_CACHE_TEST_CHILD_MODE";
+/// Each round starts a writer and kills it after a random delay.
+const ROUNDS: usize = 12;
+const READY: &str = "KILN-CHILD-READY";
 
 fn seed() -> u64 {
     let t = SystemTime::now()
@@ -81,7 +84,7 @@ fn child_writer() {
     let scratch = Path::new(&root).join(format!("../scratch-{}", std::process::id()));
     fs::create_dir_all(&scratch).unwrap();
     let mode = std::env::var(MODE_ENV).unwrap_or_default();
-    println!("ready");
+    println!("{READY}");
     if mode == "same" {
         // Several processes writing identical blobs and entries at once.
         for _ in 0..5 {
@@ -125,17 +128,26 @@ fn spawn_child(root: &Path, mode: &str) -> std::process::Child {
         .spawn()
         .unwrap();
     // Wait until the writer is past start-up, so the kill lands mid-write.
+    // libtest prints "test child_writer ... " before the marker on the same
+    // line, hence `contains`.
     let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    loop {
-        match lines.next() {
-            Some(Ok(l)) if l.trim() == "ready" => break,
-            Some(Ok(_)) => continue,
-            other => panic!("child exited before being ready: {other:?}"),
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            match line {
+                Ok(l) if l.contains(READY) => {
+                    let _ = tx.send(());
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
         }
+    });
+    if rx.recv_timeout(Duration::from_secs(120)).is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("child writer did not start");
     }
-    // Keep draining so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
     child
 }
 
@@ -200,18 +212,22 @@ fn kill9_at_random_moments_leaves_a_usable_store() {
     let root = dir.path().join("store");
     let mut rng = seed();
     let started = Instant::now();
-    for _ in 0..8 {
+    for _ in 0..ROUNDS {
         let mut child = spawn_child(&root, "loop");
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
-        std::thread::sleep(Duration::from_millis(20 + rng % 400));
+        std::thread::sleep(Duration::from_millis(10 + rng % 300));
         child.kill().unwrap(); // SIGKILL
         let status = child.wait().unwrap();
         assert!(!status.success(), "child finished instead of being killed");
     }
+    let leftovers = fs::read_dir(root.join("tmp")).unwrap().count();
     let store = Store::open(&root).unwrap();
     let (hits, blobs) = check_store(&store);
+    eprintln!(
+        "after {ROUNDS} kills: {hits} action-cache hits, {blobs} blobs, {leftovers} temp leftovers"
+    );
     assert!(
         hits > 0 && blobs > 0,
         "the writer made no progress ({hits} hits, {blobs} blobs) in {:?}",
@@ -235,8 +251,19 @@ fn concurrent_processes_writing_the_same_content() {
     let root = dir.path().join("store");
     Store::open(&root).unwrap();
     let children: Vec<_> = (0..3).map(|_| spawn_child(&root, "same")).collect();
+    let deadline = Instant::now() + Duration::from_secs(300);
     for mut c in children {
-        assert!(c.wait().unwrap().success(), "a concurrent writer failed");
+        let status = loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!("a concurrent writer hung");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(status.success(), "a concurrent writer failed");
     }
     let store = Store::open(&root).unwrap();
     let (hits, _) = check_store(&store);

@@ -1,0 +1,324 @@
+//! LZ4 compression into EROFS's fixed-size physical clusters.
+//!
+//! EROFS compresses with *fixed-size output*: every physical cluster
+//! (pcluster) is exactly one 4 KiB block, filled with as much of the file as
+//! LZ4 can squeeze into it, so an extent may start anywhere inside a logical
+//! cluster. That beats fixed-size input (compress each 4 KiB alone), which
+//! could never save a block per block. It needs an encoder with a
+//! *destination size* mode — stop when the output is full and say how much
+//! input it took — which is liblz4's `LZ4_compress_destSize` and
+//! `LZ4_compress_HC_destSize`, used here through the `lzzzz` binding. The
+//! pure-Rust `lz4_flex` has no such mode and no HC match finder, and
+//! emulating destSize by re-compressing prefixes would cost many passes per
+//! block; the HC encoder at level 9 is also what `mkfs.erofs -zlz4hc` uses,
+//! so ratios are the real LZ4HC ones.
+//!
+//! Every pcluster is decompressed again and compared before it is accepted:
+//! a mismatch is an encoder bug that would otherwise ship as silent image
+//! corruption, and LZ4 decompression costs a fraction of compression.
+
+use crate::error::ErofsError;
+use crate::format::{Lcluster, BLOCK_SIZE, LCLUSTER_INDEX_SIZE};
+use crate::source::Source;
+
+/// The most file content one pcluster may expand to. LZ4 could describe
+/// ~1 MiB of zeros in 4 KiB; the kernel accepts far larger extents, but a
+/// read of any byte decompresses from the extent start, so this bounds the
+/// work for one random read while leaving ratios of real data untouched.
+pub const MAX_EXTENT: usize = 1 << 20;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Algorithm {
+    Lz4,
+    Lz4hc(i32),
+}
+
+/// A run of file content stored in one pcluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Extent {
+    /// Offset in the file.
+    pub start: u64,
+    pub len: u32,
+    /// LZ4 data, or the content itself (when LZ4 would not fit more than a
+    /// block's worth of content into the block).
+    pub compressed: bool,
+}
+
+/// A compressed file: one block per extent, in file order.
+#[derive(Debug, Default)]
+pub struct Compressed {
+    pub extents: Vec<Extent>,
+    pub blocks: Vec<u8>,
+}
+
+impl Compressed {
+    pub fn block_count(&self) -> u64 {
+        self.extents.len() as u64
+    }
+}
+
+/// Compresses a whole file of `size` bytes.
+pub fn compress(src: &mut Source<'_>, size: u64, algo: Algorithm) -> Result<Compressed, ErofsError> {
+    let mut out = Compressed::default();
+    // window[head..] is the content from offset `start` on, refilled to two
+    // extents' worth whenever less than one is left, so the memmove of the
+    // consumed prefix happens once per MAX_EXTENT of input.
+    let mut window: Vec<u8> = Vec::new();
+    let mut head = 0usize;
+    let mut start = 0u64;
+    let mut dst = vec![0u8; BLOCK_SIZE];
+    let mut check = vec![0u8; MAX_EXTENT];
+    while start < size {
+        let remaining = size - start;
+        let want = remaining.min(MAX_EXTENT as u64) as usize;
+        if window.len() - head < want {
+            window.drain(..head);
+            head = 0;
+            let target = remaining.min(2 * MAX_EXTENT as u64) as usize;
+            let old = window.len();
+            window.resize(target, 0);
+            src.fill(&mut window[old..])?;
+        }
+        let input = &window[head..head + want];
+        // Content that fits a block anyway is stored as is: compressing it
+        // saves nothing and would only cost decompression.
+        let packed = if want > BLOCK_SIZE {
+            pack(input, algo, &mut dst, &mut check).map_err(|detail| ErofsError::Compress {
+                path: src.path().to_string(),
+                detail,
+            })?
+        } else {
+            None
+        };
+        let block_start = out.blocks.len();
+        out.blocks.resize(block_start + BLOCK_SIZE, 0);
+        let block = &mut out.blocks[block_start..];
+        let (len, compressed) = match packed {
+            Some((read, wrote)) => {
+                // Zero padding first, the LZ4 stream flush with the end.
+                block[BLOCK_SIZE - wrote..].copy_from_slice(&dst[..wrote]);
+                (read, true)
+            }
+            None => {
+                let len = want.min(BLOCK_SIZE);
+                block[..len].copy_from_slice(&input[..len]);
+                (len, false)
+            }
+        };
+        out.extents.push(Extent {
+            start,
+            len: len as u32,
+            compressed,
+        });
+        head += len;
+        start += len as u64;
+    }
+    Ok(out)
+}
+
+/// Compresses a prefix of `input` into one block. Returns the content and
+/// LZ4 lengths, or `None` when the block would hold no more than a block of
+/// content (storing it as is is then as small, and free to read).
+fn pack(
+    input: &[u8],
+    algo: Algorithm,
+    dst: &mut [u8],
+    check: &mut [u8],
+) -> Result<Option<(usize, usize)>, String> {
+    let result = match algo {
+        Algorithm::Lz4 => lzzzz::lz4::compress_fill(input, dst),
+        Algorithm::Lz4hc(level) => lzzzz::lz4_hc::compress_fill(input, dst, level),
+    };
+    let (read, wrote) = result.map_err(|e| format!("lz4: {e}"))?;
+    // The kernel finds the stream's start by skipping the zero padding, so
+    // a stream must not start with a zero byte (LZ4's first token always
+    // carries literals, so this only guards against the impossible).
+    if read <= BLOCK_SIZE || wrote == 0 || wrote > BLOCK_SIZE || dst[0] == 0 {
+        return Ok(None);
+    }
+    let got = lzzzz::lz4::decompress(&dst[..wrote], &mut check[..read])
+        .map_err(|e| format!("lz4 round trip: {e}"))?;
+    if got != read || check[..read] != input[..read] {
+        return Err(format!("lz4 round trip of {read} bytes gave different content"));
+    }
+    Ok(Some((read, wrote)))
+}
+
+/// The full lcluster index of a compressed file whose first pcluster is
+/// block `blkaddr`: one entry per 4 KiB of content.
+///
+/// An extent's head entry sits in the lcluster where it starts; lclusters
+/// it covers up to the one where the next extent starts are non-heads that
+/// point back to the head and forward to the next head. When the file ends
+/// inside an lcluster not started by an extent, that lcluster gets a plain
+/// entry whose offset marks the end, as the kernel expects.
+pub fn indexes(extents: &[Extent], size: u64, blkaddr: u32) -> Vec<u8> {
+    let bs = BLOCK_SIZE as u64;
+    let count = size.div_ceil(bs) as usize;
+    let mut entries: Vec<Option<Lcluster>> = vec![None; count];
+    for (i, e) in extents.iter().enumerate() {
+        let head = (e.start / bs) as usize;
+        let clusterofs = (e.start % bs) as u16;
+        let blkaddr = blkaddr + i as u32;
+        entries[head] = Some(if e.compressed {
+            Lcluster::Head {
+                clusterofs,
+                blkaddr,
+            }
+        } else {
+            Lcluster::Plain {
+                clusterofs,
+                blkaddr,
+            }
+        });
+        let next = ((e.start + u64::from(e.len)) / bs) as usize;
+        for (lcn, slot) in entries.iter_mut().enumerate().take(next).skip(head + 1) {
+            // Extents span at most MAX_EXTENT / 4 KiB + 1 lclusters.
+            *slot = Some(Lcluster::NonHead {
+                clusterofs,
+                back: (lcn - head) as u16,
+                forward: (next - lcn) as u16,
+            });
+        }
+    }
+    let mut out = Vec::with_capacity(count * LCLUSTER_INDEX_SIZE);
+    for entry in entries {
+        entry
+            .unwrap_or(Lcluster::Plain {
+                clusterofs: (size % bs) as u16,
+                blkaddr: 0,
+            })
+            .encode(&mut out);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_fstree::Data;
+
+    fn run(content: Vec<u8>, algo: Algorithm) -> Compressed {
+        let size = content.len() as u64;
+        let data = Data::Bytes(content);
+        let mut src = Source::open("/f", &data, size).unwrap();
+        let c = compress(&mut src, size, algo).unwrap();
+        src.finish().unwrap();
+        c
+    }
+
+    fn decode(c: &Compressed, size: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (e, block) in c.extents.iter().zip(c.blocks.chunks(BLOCK_SIZE)) {
+            assert_eq!(e.start as usize, out.len());
+            let len = e.len as usize;
+            if e.compressed {
+                let pad = block.iter().take_while(|&&b| b == 0).count();
+                let mut buf = vec![0; len];
+                let n = lzzzz::lz4::decompress(&block[pad..], &mut buf).unwrap();
+                assert_eq!(n, len);
+                out.extend_from_slice(&buf);
+            } else {
+                out.extend_from_slice(&block[..len]);
+            }
+        }
+        assert_eq!(out.len(), size);
+        out
+    }
+
+    /// Text-like data that compresses but not trivially.
+    fn text(len: usize) -> Vec<u8> {
+        let words = ["erofs ", "kiln ", "block ", "cluster ", "image ", "tree\n"];
+        let mut x = 12345u32;
+        let mut out = Vec::with_capacity(len);
+        while out.len() < len {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            out.extend_from_slice(words[(x >> 16) as usize % words.len()].as_bytes());
+        }
+        out.truncate(len);
+        out
+    }
+
+    #[test]
+    fn compressible_content_round_trips_in_fewer_blocks() {
+        for algo in [Algorithm::Lz4, Algorithm::Lz4hc(9)] {
+            let content = text(300_000);
+            let c = run(content.clone(), algo);
+            assert!(c.block_count() < 300_000 / 4096 / 2, "{algo:?}: {}", c.block_count());
+            assert!(c.extents.iter().any(|e| e.compressed));
+            assert_eq!(decode(&c, content.len()), content);
+        }
+    }
+
+    #[test]
+    fn incompressible_content_is_stored_as_is() {
+        let mut x = 7u64;
+        let content: Vec<u8> = (0..20_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let c = run(content.clone(), Algorithm::Lz4hc(12));
+        assert!(c.extents.iter().all(|e| !e.compressed));
+        assert_eq!(c.block_count(), 5);
+        assert_eq!(decode(&c, content.len()), content);
+    }
+
+    #[test]
+    fn zeros_are_bounded_by_the_extent_limit() {
+        let c = run(vec![0; 3 * MAX_EXTENT + 10], Algorithm::Lz4);
+        assert!(c.extents.iter().all(|e| e.len as usize <= MAX_EXTENT));
+        assert_eq!(c.block_count(), 4);
+        decode(&c, 3 * MAX_EXTENT + 10);
+    }
+
+    #[test]
+    fn indexes_mark_heads_nonheads_and_the_end() {
+        // 10000 bytes: one extent of 6000 from 0, then a raw one of 4000.
+        let extents = [
+            Extent {
+                start: 0,
+                len: 6000,
+                compressed: true,
+            },
+            Extent {
+                start: 6000,
+                len: 4000,
+                compressed: false,
+            },
+        ];
+        let idx = indexes(&extents, 10_000, 100);
+        let mut want = Vec::new();
+        Lcluster::Head {
+            clusterofs: 0,
+            blkaddr: 100,
+        }
+        .encode(&mut want);
+        Lcluster::Plain {
+            clusterofs: 6000 - 4096,
+            blkaddr: 101,
+        }
+        .encode(&mut want);
+        // The file ends 1808 bytes into lcluster 2, which no extent starts.
+        Lcluster::Plain {
+            clusterofs: 10_000 - 8192,
+            blkaddr: 0,
+        }
+        .encode(&mut want);
+        assert_eq!(idx, want);
+
+        let one = [Extent {
+            start: 0,
+            len: 12_288,
+            compressed: true,
+        }];
+        let idx = indexes(&one, 12_288, 7);
+        assert_eq!(idx.len(), 3 * 8);
+        // lcluster 1: back 1, forward 2; lcluster 2: back 2, forward 1.
+        assert_eq!(&idx[8..16], &[2, 0, 0, 0, 1, 0, 2, 0]);
+        assert_eq!(&idx[16..24], &[2, 0, 0, 0, 2, 0, 1, 0]);
+    }
+}
