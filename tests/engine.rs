@@ -382,3 +382,83 @@ fn killed_builds_leave_a_usable_store() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(outcomes(&o)["slow"], "built");
 }
+
+/// A Makefile with `n` jobs that each record when they ran.
+fn timed_make_recipe(name: &str, n: usize) -> String {
+    let targets: Vec<String> = (0..n).map(|i| format!("t{i}")).collect();
+    let mut mk = format!("all: {}\n", targets.join(" "));
+    for t in &targets {
+        mk.push_str(&format!("{t}:\n\t@echo $$(date +%s%N) {t} start >> /out/times; sleep 0.4; echo $$(date +%s%N) {t} end >> /out/times\n"));
+    }
+    let setup = format!(
+        "printf '{}' > Makefile",
+        mk.replace('\n', "\\n")
+            .replace('\t', "\\t")
+            .replace('%', "%%")
+    );
+    shell_recipe(name, &[], &[&setup, "make"])
+}
+
+/// The most jobs running at once across all the given timestamp files.
+fn max_concurrency(files: &[std::path::PathBuf]) -> usize {
+    let mut events: Vec<(u128, i32)> = Vec::new();
+    for f in files {
+        for line in std::fs::read_to_string(f).expect("times").lines() {
+            let mut parts = line.split_whitespace();
+            let t: u128 = parts
+                .next()
+                .and_then(|t| t.parse().ok())
+                .expect("timestamp");
+            let kind = parts.nth(1).expect("kind");
+            events.push((t, if kind == "start" { 1 } else { -1 }));
+        }
+    }
+    // Ends sort before starts at the same instant.
+    events.sort();
+    let (mut cur, mut max) = (0i32, 0i32);
+    for (_, d) in events {
+        cur += d;
+        max = max.max(cur);
+    }
+    max as usize
+}
+
+#[test]
+fn concurrent_builds_share_one_jobserver() {
+    let p = TestProject::new();
+    p.board(&["one", "two"]);
+    p.write("recipes/one.rhai", &timed_make_recipe("one", 6));
+    p.write("recipes/two.rhai", &timed_make_recipe("two", 6));
+    let o = p.kiln(&["build", "one", "two", "--jobs", "3"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let outs: Vec<std::path::PathBuf> = stdout(&o)
+        .lines()
+        .map(|l| std::path::Path::new(l).join("times"))
+        .collect();
+    assert_eq!(outs.len(), 2);
+    let max = max_concurrency(&outs);
+    // make -j alone would run all 12 at once; the shared jobserver allows 3 in total.
+    assert!(max <= 3, "{max} jobs ran at once with --jobs 3");
+    assert!(max >= 2, "the builds should run in parallel (max {max})");
+}
+
+#[test]
+fn gc_keeps_recent_builds_and_drops_the_rest() {
+    let p = TestProject::new();
+    p.board(&["a"]);
+    p.write(
+        "recipes/a.rhai",
+        &shell_recipe("a", &[], &["echo one > /out/x"]),
+    );
+    assert!(build(&p, &[]).status.success());
+    let gc = p.kiln(&["gc"]);
+    assert!(gc.status.success(), "{}", stderr(&gc));
+    assert!(stdout(&gc).contains("removed 0 blobs"), "{}", stdout(&gc));
+    assert_eq!(outcomes(&build(&p, &[]))["a"], "cached");
+
+    // Nothing is recent with a zero age limit: everything goes, and the next build rebuilds.
+    let gc = p.kiln(&["gc", "--max-age-days", "0"]);
+    assert!(gc.status.success(), "{}", stderr(&gc));
+    assert!(!stdout(&gc).contains("removed 0 blobs"), "{}", stdout(&gc));
+    assert_eq!(outcomes(&build(&p, &[]))["a"], "built");
+}

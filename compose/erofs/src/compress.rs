@@ -18,7 +18,7 @@
 //! corruption, and LZ4 decompression costs a fraction of compression.
 
 use crate::error::ErofsError;
-use crate::format::{Lcluster, BLOCK_SIZE, LCLUSTER_INDEX_SIZE};
+use crate::format::BLOCK_SIZE;
 use crate::source::Source;
 
 /// The most file content one pcluster may expand to. LZ4 could describe
@@ -58,7 +58,11 @@ impl Compressed {
 }
 
 /// Compresses a whole file of `size` bytes.
-pub fn compress(src: &mut Source<'_>, size: u64, algo: Algorithm) -> Result<Compressed, ErofsError> {
+pub fn compress(
+    src: &mut Source<'_>,
+    size: u64,
+    algo: Algorithm,
+) -> Result<Compressed, ErofsError> {
     let mut out = Compressed::default();
     // window[head..] is the content from offset `start` on, refilled to two
     // extents' worth whenever less than one is left, so the memmove of the
@@ -139,58 +143,11 @@ fn pack(
     let got = lzzzz::lz4::decompress(&dst[..wrote], &mut check[..read])
         .map_err(|e| format!("lz4 round trip: {e}"))?;
     if got != read || check[..read] != input[..read] {
-        return Err(format!("lz4 round trip of {read} bytes gave different content"));
+        return Err(format!(
+            "lz4 round trip of {read} bytes gave different content"
+        ));
     }
     Ok(Some((read, wrote)))
-}
-
-/// The full lcluster index of a compressed file whose first pcluster is
-/// block `blkaddr`: one entry per 4 KiB of content.
-///
-/// An extent's head entry sits in the lcluster where it starts; lclusters
-/// it covers up to the one where the next extent starts are non-heads that
-/// point back to the head and forward to the next head. When the file ends
-/// inside an lcluster not started by an extent, that lcluster gets a plain
-/// entry whose offset marks the end, as the kernel expects.
-pub fn indexes(extents: &[Extent], size: u64, blkaddr: u32) -> Vec<u8> {
-    let bs = BLOCK_SIZE as u64;
-    let count = size.div_ceil(bs) as usize;
-    let mut entries: Vec<Option<Lcluster>> = vec![None; count];
-    for (i, e) in extents.iter().enumerate() {
-        let head = (e.start / bs) as usize;
-        let clusterofs = (e.start % bs) as u16;
-        let blkaddr = blkaddr + i as u32;
-        entries[head] = Some(if e.compressed {
-            Lcluster::Head {
-                clusterofs,
-                blkaddr,
-            }
-        } else {
-            Lcluster::Plain {
-                clusterofs,
-                blkaddr,
-            }
-        });
-        let next = ((e.start + u64::from(e.len)) / bs) as usize;
-        for (lcn, slot) in entries.iter_mut().enumerate().take(next).skip(head + 1) {
-            // Extents span at most MAX_EXTENT / 4 KiB + 1 lclusters.
-            *slot = Some(Lcluster::NonHead {
-                clusterofs,
-                back: (lcn - head) as u16,
-                forward: (next - lcn) as u16,
-            });
-        }
-    }
-    let mut out = Vec::with_capacity(count * LCLUSTER_INDEX_SIZE);
-    for entry in entries {
-        entry
-            .unwrap_or(Lcluster::Plain {
-                clusterofs: (size % bs) as u16,
-                blkaddr: 0,
-            })
-            .encode(&mut out);
-    }
-    out
 }
 
 #[cfg(test)]
@@ -244,7 +201,11 @@ mod tests {
         for algo in [Algorithm::Lz4, Algorithm::Lz4hc(9)] {
             let content = text(300_000);
             let c = run(content.clone(), algo);
-            assert!(c.block_count() < 300_000 / 4096 / 2, "{algo:?}: {}", c.block_count());
+            assert!(
+                c.block_count() < 300_000 / 4096 / 2,
+                "{algo:?}: {}",
+                c.block_count()
+            );
             assert!(c.extents.iter().any(|e| e.compressed));
             assert_eq!(decode(&c, content.len()), content);
         }
@@ -273,52 +234,5 @@ mod tests {
         assert!(c.extents.iter().all(|e| e.len as usize <= MAX_EXTENT));
         assert_eq!(c.block_count(), 4);
         decode(&c, 3 * MAX_EXTENT + 10);
-    }
-
-    #[test]
-    fn indexes_mark_heads_nonheads_and_the_end() {
-        // 10000 bytes: one extent of 6000 from 0, then a raw one of 4000.
-        let extents = [
-            Extent {
-                start: 0,
-                len: 6000,
-                compressed: true,
-            },
-            Extent {
-                start: 6000,
-                len: 4000,
-                compressed: false,
-            },
-        ];
-        let idx = indexes(&extents, 10_000, 100);
-        let mut want = Vec::new();
-        Lcluster::Head {
-            clusterofs: 0,
-            blkaddr: 100,
-        }
-        .encode(&mut want);
-        Lcluster::Plain {
-            clusterofs: 6000 - 4096,
-            blkaddr: 101,
-        }
-        .encode(&mut want);
-        // The file ends 1808 bytes into lcluster 2, which no extent starts.
-        Lcluster::Plain {
-            clusterofs: 10_000 - 8192,
-            blkaddr: 0,
-        }
-        .encode(&mut want);
-        assert_eq!(idx, want);
-
-        let one = [Extent {
-            start: 0,
-            len: 12_288,
-            compressed: true,
-        }];
-        let idx = indexes(&one, 12_288, 7);
-        assert_eq!(idx.len(), 3 * 8);
-        // lcluster 1: back 1, forward 2; lcluster 2: back 2, forward 1.
-        assert_eq!(&idx[8..16], &[2, 0, 0, 0, 1, 0, 2, 0]);
-        assert_eq!(&idx[16..24], &[2, 0, 0, 0, 2, 0, 1, 0]);
     }
 }

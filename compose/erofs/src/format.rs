@@ -4,8 +4,7 @@
 //!
 //! Field offsets follow the kernel's `fs/erofs/erofs_fs.h`; only the subset
 //! Kiln writes is here: 4 KiB blocks, compact and extended inodes, inline
-//! xattrs, directory entries, and full (8-byte) lcluster indexes for LZ4
-//! compressed files.
+//! xattrs, directory entries, and the map header of LZ4 compressed files.
 
 /// Kiln writes 4 KiB blocks only: the page size of every target it builds
 /// for, and the only block size older kernels mount.
@@ -60,10 +59,10 @@ pub const XATTR_INDEX_SECURITY: u8 = 6;
 pub enum Layout {
     /// Contiguous blocks from `raw_blkaddr`.
     FlatPlain = 0,
-    /// LZ4 pclusters described by one 8-byte index per 4 KiB of file.
-    CompressedFull = 1,
     /// Contiguous blocks, and the last partial block right after the inode.
     FlatInline = 2,
+    /// LZ4 pclusters described by a packed map of the file's lclusters.
+    CompressedCompact = 3,
 }
 
 /// The fields of an on-disk inode; `encode` picks the compact (32-byte) or
@@ -180,49 +179,16 @@ pub fn encode_dirent(out: &mut Vec<u8>, nid: u64, nameoff: u16, file_type: u8) {
     out.push(0);
 }
 
-/// The kind of a logical cluster (4 KiB of file content) in the index.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Lcluster {
-    /// An extent stored uncompressed starts `clusterofs` bytes into this
-    /// lcluster; its data is the block at `blkaddr`.
-    Plain { clusterofs: u16, blkaddr: u32 },
-    /// An LZ4 extent starts `clusterofs` bytes into this lcluster.
-    Head { clusterofs: u16, blkaddr: u32 },
-    /// Inside an extent: `back` lclusters after its head, `forward`
-    /// lclusters before the lcluster where the next extent starts.
-    NonHead {
-        clusterofs: u16,
-        back: u16,
-        forward: u16,
-    },
-}
+/// The map header before a compressed inode's compact index: 8 bytes.
+pub const MAP_HEADER_SIZE: usize = 8;
 
-pub const LCLUSTER_INDEX_SIZE: usize = 8;
-/// The map header before full indexes, plus the 8 bytes the full-index
-/// format reserves after it.
-pub const MAP_HEADER_AREA: usize = 16;
-
-impl Lcluster {
-    pub fn encode(&self, out: &mut Vec<u8>) {
-        let (kind, clusterofs, word): (u16, u16, u32) = match *self {
-            Lcluster::Plain {
-                clusterofs,
-                blkaddr,
-            } => (0, clusterofs, blkaddr),
-            Lcluster::Head {
-                clusterofs,
-                blkaddr,
-            } => (1, clusterofs, blkaddr),
-            Lcluster::NonHead {
-                clusterofs,
-                back,
-                forward,
-            } => (2, clusterofs, u32::from(back) | u32::from(forward) << 16),
-        };
-        out.extend_from_slice(&kind.to_le_bytes());
-        out.extend_from_slice(&clusterofs.to_le_bytes());
-        out.extend_from_slice(&word.to_le_bytes());
-    }
+/// The map header: LZ4 for both head types, 4 KiB lclusters, and the given
+/// `h_advise` flags.
+pub fn encode_map_header(out: &mut Vec<u8>, advise: u16) {
+    out.extend_from_slice(&0u32.to_le_bytes()); // h_reserved1 / fragment offset
+    out.extend_from_slice(&advise.to_le_bytes());
+    out.push(0); // h_algorithmtype: LZ4 for HEAD1 and HEAD2
+    out.push(0); // h_clusterbits: lclusters of 2^(12 + 0) bytes
 }
 
 pub fn round_up(n: usize, to: usize) -> usize {

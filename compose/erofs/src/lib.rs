@@ -27,6 +27,7 @@ mod plan;
 mod source;
 mod writer;
 mod xattr;
+mod zmap;
 
 use std::io::{Seek, Write};
 

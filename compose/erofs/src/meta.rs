@@ -79,20 +79,62 @@ mod tests {
     #[test]
     fn first_record_goes_after_the_superblock() {
         let mut a = Allocator::new();
-        assert_eq!(a.place(32), Place { block: 0, offset: 1152 });
-        assert_eq!(a.place(33), Place { block: 0, offset: 1184 });
+        assert_eq!(
+            a.place(32),
+            Place {
+                block: 0,
+                offset: 1152
+            }
+        );
+        assert_eq!(
+            a.place(33),
+            Place {
+                block: 0,
+                offset: 1184
+            }
+        );
     }
 
     #[test]
     fn small_records_fill_the_tightest_hole() {
         let mut a = Allocator::new();
         a.place(BLOCK_SIZE - RESERVED - 64); // block 0: 64 left
-        assert_eq!(a.place(3000), Place { block: 1, offset: 0 }); // 1088 left
-        assert_eq!(a.place(1000), Place { block: 1, offset: 3008 });
-        assert_eq!(a.place(64), Place { block: 0, offset: 4032 });
-        assert_eq!(a.place(10_000), Place { block: 2, offset: 0 });
+        assert_eq!(
+            a.place(3000),
+            Place {
+                block: 1,
+                offset: 0
+            }
+        ); // 1088 left
+        assert_eq!(
+            a.place(1000),
+            Place {
+                block: 1,
+                offset: 3008
+            }
+        );
+        assert_eq!(
+            a.place(64),
+            Place {
+                block: 0,
+                offset: 4032
+            }
+        );
+        assert_eq!(
+            a.place(10_000),
+            Place {
+                block: 2,
+                offset: 0
+            }
+        );
         assert_eq!(a.blocks(), 5);
         // The big record's last block has 12288 - 10016 bytes left.
-        assert_eq!(a.place(2000), Place { block: 4, offset: 10_016 - 8192 });
+        assert_eq!(
+            a.place(2000),
+            Place {
+                block: 4,
+                offset: 10_016 - 8192
+            }
+        );
     }
 }

@@ -17,7 +17,9 @@ pub enum Content<'t> {
     File(&'t Data),
     Symlink(&'t str),
     /// Char/block devices (with `rdev`), fifos and sockets.
-    Special { rdev: u32 },
+    Special {
+        rdev: u32,
+    },
 }
 
 /// A directory entry, `.` and `..` included.
@@ -65,8 +67,15 @@ pub fn inodes(tree: &Tree) -> Result<Vec<Inode<'_>>, ErofsError> {
             Kind::Hardlink(_) => continue,
             Kind::Dir => (Content::Dir(Vec::new()), format::S_IFDIR, format::FT_DIR, 0),
             Kind::File(data) => {
-                let size = data.len().map_err(|source| read_error(path, data, source))?;
-                (Content::File(data), format::S_IFREG, format::FT_REG_FILE, size)
+                let size = data
+                    .len()
+                    .map_err(|source| read_error(path, data, source))?;
+                (
+                    Content::File(data),
+                    format::S_IFREG,
+                    format::FT_REG_FILE,
+                    size,
+                )
             }
             Kind::Symlink(target) => {
                 if target.is_empty() || target.len() >= format::BLOCK_SIZE || target.contains('\0')
@@ -77,7 +86,12 @@ pub fn inodes(tree: &Tree) -> Result<Vec<Inode<'_>>, ErofsError> {
                     });
                 }
                 let size = target.len() as u64;
-                (Content::Symlink(target), format::S_IFLNK, format::FT_SYMLINK, size)
+                (
+                    Content::Symlink(target),
+                    format::S_IFLNK,
+                    format::FT_SYMLINK,
+                    size,
+                )
             }
             Kind::CharDev { major, minor } => (
                 Content::Special {
@@ -95,8 +109,18 @@ pub fn inodes(tree: &Tree) -> Result<Vec<Inode<'_>>, ErofsError> {
                 format::FT_BLKDEV,
                 0,
             ),
-            Kind::Fifo => (Content::Special { rdev: 0 }, format::S_IFIFO, format::FT_FIFO, 0),
-            Kind::Socket => (Content::Special { rdev: 0 }, format::S_IFSOCK, format::FT_SOCK, 0),
+            Kind::Fifo => (
+                Content::Special { rdev: 0 },
+                format::S_IFIFO,
+                format::FT_FIFO,
+                0,
+            ),
+            Kind::Socket => (
+                Content::Special { rdev: 0 },
+                format::S_IFSOCK,
+                format::FT_SOCK,
+                0,
+            ),
         };
         by_path.insert(path, inodes.len());
         inodes.push(Inode {

@@ -9,13 +9,14 @@ use rayon::prelude::*;
 use crate::compress::{self, Algorithm, Compressed, Extent};
 use crate::error::ErofsError;
 use crate::format::{
-    self, round_up, InodeHeader, Layout, SuperBlock, BLOCK_SIZE, LCLUSTER_INDEX_SIZE,
-    MAP_HEADER_AREA, SLOT_SIZE, SUPER_OFFSET, SUPER_SIZE,
+    self, round_up, InodeHeader, Layout, SuperBlock, BLOCK_SIZE, MAP_HEADER_SIZE, SLOT_SIZE,
+    SUPER_OFFSET, SUPER_SIZE,
 };
 use crate::meta::{self, Allocator};
 use crate::plan::{self, Content, Inode};
 use crate::source::Source;
 use crate::xattr;
+use crate::zmap;
 use crate::{Compression, Options, Summary};
 
 /// Files compressed together in parallel are bounded by this much input,
@@ -121,6 +122,7 @@ pub fn write<W: Write + Seek>(
     // Directory and symlink blocks go after the files. Their count is known
     // now; directory content needs the nids, which need the records placed.
     let mut next = img.block()?;
+    let first_dir_block = next;
     for (index, inode) in inodes.iter().enumerate() {
         if matches!(inode.content, Content::Dir(_) | Content::Symlink(_)) {
             let tail = inline_tail(inode, index);
@@ -143,6 +145,19 @@ pub fn write<W: Write + Seek>(
         .map(|(inode, d)| alloc.place(record_len(inode, d)))
         .collect();
     let total_blocks = meta_start + u64::from(alloc.blocks()) - 1;
+    if std::env::var_os("KILN_EROFS_DEBUG").is_some() {
+        let used: usize = inodes
+            .iter()
+            .zip(&data)
+            .map(|(i, d)| round_up(record_len(i, d), 32))
+            .sum();
+        eprintln!(
+            "meta blocks {} used {} dirsym blocks {}",
+            alloc.blocks(),
+            used,
+            meta_start - u64::from(first_dir_block)
+        );
+    }
     if total_blocks > u64::from(u32::MAX) {
         return Err(ErofsError::ImageTooLarge {
             blocks: total_blocks,
@@ -186,7 +201,14 @@ pub fn write<W: Write + Seek>(
     let mut compressed_any = false;
     for (index, inode) in inodes.iter().enumerate() {
         record.clear();
-        encode_record(inode, index, &data[index], &tails[index], opts.epoch, &mut record);
+        encode_record(
+            inode,
+            index,
+            &data[index],
+            &tails[index],
+            opts.epoch,
+            &mut record,
+        );
         compressed_any |= matches!(data[index], Data::Compressed { .. });
         let p = places[index];
         let at = p.block as usize * BLOCK_SIZE + p.offset as usize;
@@ -269,9 +291,10 @@ fn inline_tail(inode: &Inode<'_>, index: usize) -> usize {
     }
 }
 
-/// Where a compressed inode's map header starts, after inode and xattrs.
-fn map_header_offset(inode: &Inode<'_>) -> usize {
-    round_up(inode.header_len() + inode.xattrs.len(), 8)
+/// Where a compressed inode's map starts in its record: after the inode,
+/// its xattrs, alignment to 8 and the map header.
+fn map_offset(inode: &Inode<'_>) -> usize {
+    round_up(inode.header_len() + inode.xattrs.len(), 8) + MAP_HEADER_SIZE
 }
 
 fn record_len(inode: &Inode<'_>, data: &Data) -> usize {
@@ -281,7 +304,8 @@ fn record_len(inode: &Inode<'_>, data: &Data) -> usize {
         Data::Flat { tail, .. } => fixed + tail,
         Data::Compressed { .. } => {
             let lclusters = inode.size.div_ceil(BLOCK_SIZE as u64) as usize;
-            map_header_offset(inode) + MAP_HEADER_AREA + lclusters * LCLUSTER_INDEX_SIZE
+            let ebase = map_offset(inode);
+            ebase + zmap::encoded_len(lclusters, ebase)
         }
     }
 }
@@ -299,7 +323,7 @@ fn encode_record(
         (Data::None, _) => (Layout::FlatPlain, 0),
         (Data::Flat { blkaddr, tail }, _) if *tail > 0 => (Layout::FlatInline, *blkaddr),
         (Data::Flat { blkaddr, .. }, _) => (Layout::FlatPlain, *blkaddr),
-        (Data::Compressed { extents, .. }, _) => (Layout::CompressedFull, extents.len() as u32),
+        (Data::Compressed { extents, .. }, _) => (Layout::CompressedCompact, extents.len() as u32),
     };
     InodeHeader {
         layout,
@@ -321,10 +345,10 @@ fn encode_record(
         Data::None => {}
         Data::Flat { .. } => out.extend_from_slice(tail),
         Data::Compressed { blkaddr, extents } => {
-            // Map header (all zero: LZ4 heads, 4 KiB lclusters, no big
-            // pclusters) and the 8 bytes reserved after it.
-            out.resize(map_header_offset(inode) + MAP_HEADER_AREA, 0);
-            out.extend_from_slice(&compress::indexes(extents, inode.size, *blkaddr));
+            let ebase = map_offset(inode);
+            out.resize(ebase - MAP_HEADER_SIZE, 0);
+            format::encode_map_header(out, zmap::ADVISE_COMPACTED_2B);
+            out.extend_from_slice(&zmap::encode(extents, inode.size, *blkaddr, ebase));
         }
     }
 }
@@ -391,24 +415,34 @@ fn write_files<W: Write + Seek>(
     Ok(())
 }
 
-/// The compressed form of a file, if it saves at least one block over
-/// storing the file as is.
+/// The compressed form of a file, if it is worth it: it must take at least
+/// one block less than the file's size in blocks, and less space overall
+/// than storing it as is, counting the inline tail and the index.
 fn try_compress(
     inode: &Inode<'_>,
     index: usize,
     algo: Algorithm,
 ) -> Result<Option<Compressed>, ErofsError> {
-    let plain = plain_blocks(inode, index);
     let Content::File(content) = &inode.content else {
         return Ok(None);
     };
-    if plain < 2 {
+    let size_blocks = inode.size.div_ceil(BLOCK_SIZE as u64);
+    if size_blocks < 2 {
         return Ok(None);
     }
     let mut src = Source::open(inode.path, content, inode.size)?;
     let c = compress::compress(&mut src, inode.size, algo)?;
     src.finish()?;
-    Ok((c.block_count() < plain).then_some(c))
+    let bs = BLOCK_SIZE as u64;
+    let plain_bytes = plain_blocks(inode, index) * bs + inline_tail(inode, index) as u64;
+    let compressed = Data::Compressed {
+        blkaddr: 0,
+        extents: Vec::new(),
+    };
+    let index_bytes =
+        (record_len(inode, &compressed) - inode.header_len() - inode.xattrs.len()) as u64;
+    let compressed_bytes = c.block_count() * bs + index_bytes;
+    Ok((c.block_count() < size_blocks && compressed_bytes < plain_bytes).then_some(c))
 }
 
 /// Copies a file's content into blocks, except the inline tail, which is

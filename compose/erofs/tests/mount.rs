@@ -45,7 +45,10 @@ fn xattrs(path: &Path) -> BTreeMap<String, Vec<u8>> {
     let n = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
     assert!(n >= 0, "llistxattr {}", path.display());
     let mut out = BTreeMap::new();
-    for name in names[..n as usize].split(|&b| b == 0).filter(|n| !n.is_empty()) {
+    for name in names[..n as usize]
+        .split(|&b| b == 0)
+        .filter(|n| !n.is_empty())
+    {
         let cname = CString::new(name).unwrap();
         let mut value = vec![0u8; 65536];
         // SAFETY: both strings are NUL-terminated; `value` is writable.

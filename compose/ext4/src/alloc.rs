@@ -213,7 +213,10 @@ mod tests {
         // Word-aligned path: 0..64 all used, 64..128 has 21 used.
         let bm = b.bitmap_block(0, 128, 16);
         assert_eq!(&bm[..8], &[0xff; 8]);
-        assert_eq!(u64::from_le_bytes(bm[8..16].try_into().unwrap()), (1 << 21) - 1);
+        assert_eq!(
+            u64::from_le_bytes(bm[8..16].try_into().unwrap()),
+            (1 << 21) - 1
+        );
         assert_eq!(b.free_in(0, 200), 115);
         assert_eq!(b.free_in(60, 30), 5);
         assert_eq!(b.free_runs(), 1);

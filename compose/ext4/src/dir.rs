@@ -123,7 +123,10 @@ mod tests {
             }
             assert_eq!(at, SPACE);
             assert_eq!(block[SPACE + 7], 0xDE);
-            assert_eq!(get_u32(block, SPACE + 8), crc32c::update(99, &block[..SPACE]));
+            assert_eq!(
+                get_u32(block, SPACE + 8),
+                crc32c::update(99, &block[..SPACE])
+            );
         }
         // The last block is empty: inode 0 spanning the block.
         let last = &enc[3 * BS..];

@@ -71,7 +71,11 @@ pub enum Ext4Error {
 
     /// A device number outside Linux's 12-bit major / 20-bit minor range.
     #[error("{path}: device {major}:{minor} is out of range (major < 4096, minor < 1048576)")]
-    BadDevice { path: String, major: u32, minor: u32 },
+    BadDevice {
+        path: String,
+        major: u32,
+        minor: u32,
+    },
 
     /// A hard link whose target is missing or not a regular file.
     #[error("{path}: hard link target `{target}` is not a regular file in the tree")]

@@ -148,7 +148,10 @@ pub(crate) fn encode(extents: &[Extent], tree: &[u64], inode_seed: u32) -> Encod
         let csum = crc32c::update(inode_seed, &buf[..tail]);
         put_u32(buf, tail, csum);
     }
-    Encoded { i_block, blocks: out }
+    Encoded {
+        i_block,
+        blocks: out,
+    }
 }
 
 #[cfg(test)]
@@ -161,12 +164,22 @@ mod tests {
         let mut v = Vec::new();
         push(&mut v, 0, 100, 10);
         push(&mut v, 10, 110, 5);
-        assert_eq!(v, vec![Extent { logical: 0, physical: 100, len: 15 }]);
+        assert_eq!(
+            v,
+            vec![Extent {
+                logical: 0,
+                physical: 100,
+                len: 15
+            }]
+        );
         push(&mut v, 20, 115, 1); // logical gap: new extent
         assert_eq!(v.len(), 2);
         let mut v = Vec::new();
         push(&mut v, 0, 0, 2 * MAX_LEN + 3);
-        assert_eq!(v.iter().map(|e| e.len).collect::<Vec<_>>(), vec![MAX_LEN, MAX_LEN, 3]);
+        assert_eq!(
+            v.iter().map(|e| e.len).collect::<Vec<_>>(),
+            vec![MAX_LEN, MAX_LEN, 3]
+        );
     }
 
     #[test]
@@ -180,16 +193,28 @@ mod tests {
     #[test]
     fn encodes_a_two_level_tree() {
         let extents: Vec<Extent> = (0..2000u32)
-            .map(|i| Extent { logical: i * 2, physical: 1000 + u64::from(i) * 2, len: 1 })
+            .map(|i| Extent {
+                logical: i * 2,
+                physical: 1000 + u64::from(i) * 2,
+                len: 1,
+            })
             .collect();
         let tree: Vec<u64> = (50..50 + tree_blocks(2000)).collect();
         let enc = encode(&extents, &tree, 7);
         assert_eq!(enc.blocks.len(), 7); // 6 leaves + 1 index block
-        // Root: one index entry, depth 2.
+                                         // Root: one index entry, depth 2.
         assert_eq!(u16::from_le_bytes([enc.i_block[2], enc.i_block[3]]), 1);
         assert_eq!(u16::from_le_bytes([enc.i_block[6], enc.i_block[7]]), 2);
         let (idx_at, idx) = &enc.blocks[6];
-        assert_eq!(u32::from_le_bytes([enc.i_block[16], enc.i_block[17], enc.i_block[18], enc.i_block[19]]), *idx_at as u32);
+        assert_eq!(
+            u32::from_le_bytes([
+                enc.i_block[16],
+                enc.i_block[17],
+                enc.i_block[18],
+                enc.i_block[19]
+            ]),
+            *idx_at as u32
+        );
         // The index block points at the leaves with their first logical block.
         assert_eq!(get_u32(idx, HEADER + ENTRY), 680);
         assert_eq!(get_u32(idx, HEADER + ENTRY + 4), 51);

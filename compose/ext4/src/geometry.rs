@@ -70,19 +70,29 @@ impl Geometry {
         if opts.label.len() > 16 {
             return Err(invalid(
                 "label",
-                format!("`{}` is {} bytes; ext4 labels hold at most 16", opts.label, opts.label.len()),
+                format!(
+                    "`{}` is {} bytes; ext4 labels hold at most 16",
+                    opts.label,
+                    opts.label.len()
+                ),
             ));
         }
         if !(1024..=1 << 30).contains(&opts.inode_ratio) {
             return Err(invalid(
                 "inode_ratio",
-                format!("{} is outside 1024..=1073741824 bytes per inode", opts.inode_ratio),
+                format!(
+                    "{} is outside 1024..=1073741824 bytes per inode",
+                    opts.inode_ratio
+                ),
             ));
         }
         if opts.reserved_percent > 50 {
             return Err(invalid(
                 "reserved_percent",
-                format!("{}% is more than mke2fs's limit of 50%", opts.reserved_percent),
+                format!(
+                    "{}% is more than mke2fs's limit of 50%",
+                    opts.reserved_percent
+                ),
             ));
         }
         if let Some(j) = opts.journal_blocks {
@@ -107,8 +117,12 @@ impl Geometry {
         }
         loop {
             let groups = blocks.div_ceil(BLOCKS_PER_GROUP);
-            let groups32 = u32::try_from(groups)
-                .map_err(|_| invalid("size_bytes", format!("{} bytes is too large", opts.size_bytes)))?;
+            let groups32 = u32::try_from(groups).map_err(|_| {
+                invalid(
+                    "size_bytes",
+                    format!("{} bytes is too large", opts.size_bytes),
+                )
+            })?;
             let wanted = (blocks * BLOCK_SIZE).div_ceil(u64::from(opts.inode_ratio));
             let per_group = wanted
                 .div_ceil(groups)
@@ -118,7 +132,10 @@ impl Geometry {
             if total_inodes > u64::from(u32::MAX) {
                 return Err(invalid(
                     "inode_ratio",
-                    format!("{} bytes per inode gives more than 2^32 inodes", opts.inode_ratio),
+                    format!(
+                        "{} bytes per inode gives more than 2^32 inodes",
+                        opts.inode_ratio
+                    ),
                 ));
             }
             let itable_blocks = per_group / u64::from(INODES_PER_BLOCK);
@@ -127,7 +144,10 @@ impl Geometry {
             if 1 + gdt_blocks + 2 + itable_blocks > BLOCKS_PER_GROUP {
                 return Err(invalid(
                     "size_bytes",
-                    format!("{} bytes needs more group descriptors than fit a block group", opts.size_bytes),
+                    format!(
+                        "{} bytes needs more group descriptors than fit a block group",
+                        opts.size_bytes
+                    ),
                 ));
             }
             let last = groups32 - 1;
@@ -204,10 +224,22 @@ mod tests {
     fn rejects_bad_options() {
         let mut o = Options::new(64 << 20);
         o.label = "x".repeat(17);
-        assert!(matches!(Geometry::new(&o), Err(Ext4Error::InvalidOption { option: "label", .. })));
+        assert!(matches!(
+            Geometry::new(&o),
+            Err(Ext4Error::InvalidOption {
+                option: "label",
+                ..
+            })
+        ));
         let mut o = Options::new(64 << 20);
         o.journal_blocks = Some(100);
-        assert!(matches!(Geometry::new(&o), Err(Ext4Error::InvalidOption { .. })));
-        assert!(matches!(Geometry::new(&Options::new(100 << 10)), Err(Ext4Error::TooSmall { .. })));
+        assert!(matches!(
+            Geometry::new(&o),
+            Err(Ext4Error::InvalidOption { .. })
+        ));
+        assert!(matches!(
+            Geometry::new(&Options::new(100 << 10)),
+            Err(Ext4Error::TooSmall { .. })
+        ));
     }
 }

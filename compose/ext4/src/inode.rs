@@ -63,7 +63,10 @@ fn time_fields(t: u32) -> (u32, u32) {
 /// The per-inode checksum seed (UUID seed, inode number, generation 0),
 /// which also seeds directory and extent block checksums.
 pub(crate) fn seed(fs_seed: u32, ino: u32) -> u32 {
-    crc32c::update(crc32c::update(fs_seed, &ino.to_le_bytes()), &0u32.to_le_bytes())
+    crc32c::update(
+        crc32c::update(fs_seed, &ino.to_le_bytes()),
+        &0u32.to_le_bytes(),
+    )
 }
 
 fn checksum(buf: &mut [u8], ino: u32, fs_seed: u32, has_hi: bool) {
@@ -133,7 +136,11 @@ mod tests {
             ..Default::default()
         };
         let b = encode(12, &i, 3_000_000_000, 1);
-        assert_eq!(u16::from_le_bytes([b[2], b[3]]) as u32 | (u16::from_le_bytes([b[0x78], b[0x79]]) as u32) << 16, 100_000);
+        assert_eq!(
+            u16::from_le_bytes([b[2], b[3]]) as u32
+                | (u16::from_le_bytes([b[0x78], b[0x79]]) as u32) << 16,
+            100_000
+        );
         assert_eq!(get_u32(&b, 0x6C), 5);
         assert_eq!(get_u32(&b, 0x10), 3_000_000_000);
         assert_eq!(get_u32(&b, 0x88) & 3, 1, "epoch bit for a post-2038 time");
@@ -143,6 +150,9 @@ mod tests {
         z[CSUM_HI..CSUM_HI + 2].fill(0);
         let c = crc32c::update(seed(1, 12), &z);
         assert_eq!(u16::from_le_bytes([b[CSUM_LO], b[CSUM_LO + 1]]), c as u16);
-        assert_eq!(u16::from_le_bytes([b[CSUM_HI], b[CSUM_HI + 1]]), (c >> 16) as u16);
+        assert_eq!(
+            u16::from_le_bytes([b[CSUM_HI], b[CSUM_HI + 1]]),
+            (c >> 16) as u16
+        );
     }
 }

@@ -26,8 +26,8 @@ pub(crate) fn superblock(blocks: u32, uuid: &[u8; 16]) -> Vec<u8> {
     put_be32(&mut b, 0x14, 1); // s_first: log starts after this block
     put_be32(&mut b, 0x18, 1); // s_sequence
     put_be32(&mut b, 0x1C, 0); // s_start: 0 = clean, nothing to replay
-    // The kernel sets these itself on a 64bit, metadata_csum ext4; setting
-    // them here protects the very first transactions too.
+                               // The kernel sets these itself on a 64bit, metadata_csum ext4; setting
+                               // them here protects the very first transactions too.
     put_be32(&mut b, 0x28, INCOMPAT_64BIT | INCOMPAT_CSUM_V3);
     b[0x30..0x40].copy_from_slice(uuid);
     put_be32(&mut b, 0x40, 1); // s_nr_users

@@ -15,7 +15,11 @@ pub(crate) struct GroupMeta {
     pub inode_table: u64,
 }
 
-pub(crate) fn place(geo: &Geometry, size_bytes: u64, blocks: &mut Blocks) -> Result<Vec<GroupMeta>, Ext4Error> {
+pub(crate) fn place(
+    geo: &Geometry,
+    size_bytes: u64,
+    blocks: &mut Blocks,
+) -> Result<Vec<GroupMeta>, Ext4Error> {
     let backups: u64 = (0..geo.groups).filter(|&g| has_super(g)).count() as u64;
     let needed = backups * (1 + geo.gdt_blocks) + u64::from(geo.groups) * (2 + geo.itable_blocks);
     let too_small = || Ext4Error::TooSmall {

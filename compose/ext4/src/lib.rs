@@ -89,7 +89,14 @@ impl Summary {
     /// The UUID in its usual text form (as `blkid` prints it).
     pub fn uuid_string(&self) -> String {
         let h: String = self.uuid.iter().map(|b| format!("{b:02x}")).collect();
-        format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+        format!(
+            "{}-{}-{}-{}-{}",
+            &h[..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..]
+        )
     }
 }
 
@@ -99,6 +106,10 @@ impl Summary {
 /// `out` is typically a new [`std::fs::File`]; the image is sparse where it
 /// seeks over unwritten ranges. See the crate docs for which ranges those
 /// are and why skipping them is safe on a used device too.
-pub fn write<W: Write + Seek>(tree: &Tree, opts: &Options, out: &mut W) -> Result<Summary, Ext4Error> {
+pub fn write<W: Write + Seek>(
+    tree: &Tree,
+    opts: &Options,
+    out: &mut W,
+) -> Result<Summary, Ext4Error> {
     mkfs::write(tree, opts, out)
 }

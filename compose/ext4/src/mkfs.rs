@@ -173,7 +173,13 @@ impl<W: Write + Seek> DataPass<'_, '_, W> {
         Ok(())
     }
 
-    fn file(&mut self, p: &Planned, data: &kiln_fstree::Data, size: u64, out: &mut Vec<Extent>) -> Result<(), Ext4Error> {
+    fn file(
+        &mut self,
+        p: &Planned,
+        data: &kiln_fstree::Data,
+        size: u64,
+        out: &mut Vec<Extent>,
+    ) -> Result<(), Ext4Error> {
         data::for_each_chunk(p.path, data, size, |first, chunk| {
             self.hasher.update(chunk);
             for (start, n) in data::data_runs(chunk) {
@@ -227,7 +233,11 @@ struct JournalPlan {
     tree: Vec<u64>,
 }
 
-pub(crate) fn write<W: Write + Seek>(tree: &Tree, opts: &Options, out: &mut W) -> Result<Summary, Ext4Error> {
+pub(crate) fn write<W: Write + Seek>(
+    tree: &Tree,
+    opts: &Options,
+    out: &mut W,
+) -> Result<Summary, Ext4Error> {
     if opts.uuid == Some([0; 16]) {
         return Err(Ext4Error::InvalidOption {
             option: "uuid",
@@ -347,14 +357,20 @@ pub(crate) fn write<W: Write + Seek>(tree: &Tree, opts: &Options, out: &mut W) -
     }
     for (shared, at) in plan.xattr_blocks.iter().zip(&xattr_at) {
         if let Some(at) = at {
-            meta.push((*at, xattr::finish_block(&shared.body, shared.refcount, *at, fs_seed)));
+            meta.push((
+                *at,
+                xattr::finish_block(&shared.body, shared.refcount, *at, fs_seed),
+            ));
         }
     }
     let journal_inode = journal.as_ref().map(|j| {
         let enc = extent::encode(&j.extents, &j.tree, inode::seed(fs_seed, JOURNAL_INO));
         meta.extend(enc.blocks);
         if let Some(first) = j.extents.first() {
-            meta.push((first.physical, journal::superblock(geo.journal_blocks, &uuid)));
+            meta.push((
+                first.physical,
+                journal::superblock(geo.journal_blocks, &uuid),
+            ));
         }
         Inode {
             mode: S_IFREG | 0o600,

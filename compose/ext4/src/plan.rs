@@ -47,11 +47,21 @@ static ROOT: Node = Node {
 };
 
 pub(crate) enum Body<'t> {
-    Dir { entries: Vec<Entry>, blocks: u64 },
-    File { data: &'t Data, size: u64 },
+    Dir {
+        entries: Vec<Entry>,
+        blocks: u64,
+    },
+    File {
+        data: &'t Data,
+        size: u64,
+    },
     FastSymlink(&'t str),
     SlowSymlink(&'t str),
-    Device { i_block: [u8; 60], major: u32, minor: u32 },
+    Device {
+        i_block: [u8; 60],
+        major: u32,
+        minor: u32,
+    },
     Special,
 }
 
@@ -243,8 +253,16 @@ pub(crate) fn plan(tree: &Tree) -> Result<Plan<'_>, Ext4Error> {
                     ino_of.get(parent(path)).copied().unwrap_or(ROOT_INO)
                 };
                 let mut entries = vec![
-                    Entry { name: b".".to_vec(), ino, file_type: dir::FT_DIR },
-                    Entry { name: b"..".to_vec(), ino: parent_ino, file_type: dir::FT_DIR },
+                    Entry {
+                        name: b".".to_vec(),
+                        ino,
+                        file_type: dir::FT_DIR,
+                    },
+                    Entry {
+                        name: b"..".to_vec(),
+                        ino: parent_ino,
+                        file_type: dir::FT_DIR,
+                    },
                 ];
                 let mut subdirs = 0u32;
                 for &(cpath, cnode) in kids.get(path).map(Vec::as_slice).unwrap_or_default() {
@@ -268,7 +286,11 @@ pub(crate) fn plan(tree: &Tree) -> Result<Plan<'_>, Ext4Error> {
                         + 2;
                     entries.insert(
                         at,
-                        Entry { name: b"lost+found".to_vec(), ino: FIRST_INO, file_type: dir::FT_DIR },
+                        Entry {
+                            name: b"lost+found".to_vec(),
+                            ino: FIRST_INO,
+                            file_type: dir::FT_DIR,
+                        },
                     );
                 }
                 let mut blocks = dir::blocks_needed(&entries);
@@ -315,12 +337,20 @@ pub(crate) fn plan(tree: &Tree) -> Result<Plan<'_>, Ext4Error> {
             Kind::CharDev { major, minor } => (
                 S_IFCHR,
                 1,
-                Body::Device { i_block: device_block(path, *major, *minor)?, major: *major, minor: *minor },
+                Body::Device {
+                    i_block: device_block(path, *major, *minor)?,
+                    major: *major,
+                    minor: *minor,
+                },
             ),
             Kind::BlockDev { major, minor } => (
                 S_IFBLK,
                 1,
-                Body::Device { i_block: device_block(path, *major, *minor)?, major: *major, minor: *minor },
+                Body::Device {
+                    i_block: device_block(path, *major, *minor)?,
+                    major: *major,
+                    minor: *minor,
+                },
             ),
             Kind::Fifo => (S_IFIFO, 1, Body::Special),
             Kind::Socket => (S_IFSOCK, 1, Body::Special),
@@ -336,7 +366,10 @@ pub(crate) fn plan(tree: &Tree) -> Result<Plan<'_>, Ext4Error> {
                 let idx = match open_block.get(&body) {
                     Some(&i) if shared[i].refcount < MAX_REFCOUNT => i,
                     _ => {
-                        shared.push(SharedBlock { body: body.clone(), refcount: 0 });
+                        shared.push(SharedBlock {
+                            body: body.clone(),
+                            refcount: 0,
+                        });
                         open_block.insert(body, shared.len() - 1);
                         shared.len() - 1
                     }
@@ -373,10 +406,14 @@ mod tests {
         let mut t = Tree::new();
         t.mkdir_p("/b/sub").unwrap();
         t.mkdir_p("/a").unwrap();
-        t.insert("/a/f", Node::file(Data::Bytes(b"x".to_vec()), 0o644)).unwrap();
+        t.insert("/a/f", Node::file(Data::Bytes(b"x".to_vec()), 0o644))
+            .unwrap();
         t.insert(
             "/b/link",
-            Node { kind: Kind::Hardlink("/a/f".into()), ..Node::dir(0) },
+            Node {
+                kind: Kind::Hardlink("/a/f".into()),
+                ..Node::dir(0)
+            },
         )
         .unwrap();
         t.insert("/z", Node::symlink("a/f")).unwrap();
@@ -386,17 +423,37 @@ mod tests {
         let order: Vec<(&str, u32)> = p.inodes.iter().map(|i| (i.path, i.ino)).collect();
         assert_eq!(
             order,
-            vec![("/", 2), ("/lost+found", 11), ("/a", 12), ("/b", 13), ("/z", 14), ("/a/f", 15), ("/b/sub", 16)]
+            vec![
+                ("/", 2),
+                ("/lost+found", 11),
+                ("/a", 12),
+                ("/b", 13),
+                ("/z", 14),
+                ("/a/f", 15),
+                ("/b/sub", 16)
+            ]
         );
         assert_eq!(p.max_ino(), 16);
         assert_eq!(by_path["/a/f"].links, 2);
         assert_eq!(by_path["/"].links, 5); // ., .., a, b, lost+found
-        let Body::Dir { entries, .. } = &by_path["/"].body else { panic!() };
+        let Body::Dir { entries, .. } = &by_path["/"].body else {
+            panic!()
+        };
         let names: Vec<&[u8]> = entries.iter().map(|e| e.name.as_slice()).collect();
-        assert_eq!(names, vec![&b"."[..], b"..", b"a", b"b", b"lost+found", b"z"]);
-        let Body::Dir { entries, .. } = &by_path["/b"].body else { panic!() };
-        assert_eq!(entries.iter().find(|e| e.name == b"link").map(|e| e.ino), Some(15));
-        let Body::Dir { blocks, .. } = &by_path["/lost+found"].body else { panic!() };
+        assert_eq!(
+            names,
+            vec![&b"."[..], b"..", b"a", b"b", b"lost+found", b"z"]
+        );
+        let Body::Dir { entries, .. } = &by_path["/b"].body else {
+            panic!()
+        };
+        assert_eq!(
+            entries.iter().find(|e| e.name == b"link").map(|e| e.ino),
+            Some(15)
+        );
+        let Body::Dir { blocks, .. } = &by_path["/lost+found"].body else {
+            panic!()
+        };
         assert_eq!(*blocks, 4);
         for (i, planned) in p.inodes.iter().enumerate() {
             assert_eq!(index_of(planned.ino), Some(i));
@@ -406,13 +463,24 @@ mod tests {
     #[test]
     fn rejects_what_ext4_cannot_store() {
         let mut t = Tree::new();
-        t.insert(&format!("/{}", "n".repeat(256)), Node::dir(0o755)).unwrap();
+        t.insert(&format!("/{}", "n".repeat(256)), Node::dir(0o755))
+            .unwrap();
         assert!(matches!(plan(&t), Err(Ext4Error::BadName { .. })));
         let mut t = Tree::new();
         t.insert("/lost+found", Node::symlink("x")).unwrap();
         assert!(matches!(plan(&t), Err(Ext4Error::LostFoundNotDir)));
         let mut t = Tree::new();
-        t.insert("/dev", Node { kind: Kind::CharDev { major: 5000, minor: 1 }, ..Node::dir(0o600) }).unwrap();
+        t.insert(
+            "/dev",
+            Node {
+                kind: Kind::CharDev {
+                    major: 5000,
+                    minor: 1,
+                },
+                ..Node::dir(0o600)
+            },
+        )
+        .unwrap();
         assert!(matches!(plan(&t), Err(Ext4Error::BadDevice { .. })));
         let mut t = Tree::new();
         t.insert("/l", Node::symlink("")).unwrap();

@@ -88,9 +88,10 @@ impl<'w, W: Write + Seek> Sink<'w, W> {
         if self.end < size {
             self.raw(size - 1, &[0])?;
         }
-        self.out
-            .flush()
-            .map_err(|source| Ext4Error::Write { offset: size, source })
+        self.out.flush().map_err(|source| Ext4Error::Write {
+            offset: size,
+            source,
+        })
     }
 }
 

@@ -53,7 +53,12 @@ fn bad(path: &str, name: &str, reason: impl Into<String>) -> Ext4Error {
 
 /// The kernel's name index for a full xattr name, and the stored suffix.
 fn split_name<'a>(path: &str, full: &'a str) -> Result<(u8, &'a str), Ext4Error> {
-    const PREFIXES: [(&str, u8); 4] = [("user.", 1), ("trusted.", 4), ("security.", 6), ("system.", 7)];
+    const PREFIXES: [(&str, u8); 4] = [
+        ("user.", 1),
+        ("trusted.", 4),
+        ("security.", 6),
+        ("system.", 7),
+    ];
     match full {
         "system.posix_acl_access" => return Ok((ACL_ACCESS, "")),
         "system.posix_acl_default" => return Ok((ACL_DEFAULT, "")),
@@ -69,7 +74,11 @@ fn split_name<'a>(path: &str, full: &'a str) -> Result<(u8, &'a str), Ext4Error>
                 return Err(bad(path, full, "empty name after the prefix"));
             }
             if rest.len() > 255 {
-                return Err(bad(path, full, format!("name is {} bytes; at most 255 after the prefix", rest.len())));
+                return Err(bad(
+                    path,
+                    full,
+                    format!("name is {} bytes; at most 255 after the prefix", rest.len()),
+                ));
             }
             return Ok((index, rest));
         }
@@ -91,11 +100,19 @@ fn acl_to_disk(path: &str, name: &str, value: &[u8]) -> Result<Vec<u8>, Ext4Erro
     const MASK: u16 = 0x10;
     const OTHER: u16 = 0x20;
     if value.len() < 4 || (value.len() - 4) % 8 != 0 {
-        return Err(bad(path, name, format!("{} bytes is not a POSIX ACL in xattr format", value.len())));
+        return Err(bad(
+            path,
+            name,
+            format!("{} bytes is not a POSIX ACL in xattr format", value.len()),
+        ));
     }
     let version = u32::from_le_bytes([value[0], value[1], value[2], value[3]]);
     if version != 2 {
-        return Err(bad(path, name, format!("POSIX ACL xattr version {version}; expected 2")));
+        return Err(bad(
+            path,
+            name,
+            format!("POSIX ACL xattr version {version}; expected 2"),
+        ));
     }
     let mut out = 1u32.to_le_bytes().to_vec();
     for e in value[4..].chunks_exact(8) {
@@ -110,7 +127,10 @@ fn acl_to_disk(path: &str, name: &str, value: &[u8]) -> Result<Vec<u8>, Ext4Erro
 }
 
 /// Parses a node's xattrs into stored form, sorted for lookup.
-pub(crate) fn parse(path: &str, xattrs: &BTreeMap<String, Vec<u8>>) -> Result<Vec<Attr>, Ext4Error> {
+pub(crate) fn parse(
+    path: &str,
+    xattrs: &BTreeMap<String, Vec<u8>>,
+) -> Result<Vec<Attr>, Ext4Error> {
     let mut out = Vec::with_capacity(xattrs.len());
     for (full, value) in xattrs {
         let (index, suffix) = split_name(path, full)?;
@@ -147,7 +167,13 @@ fn entry_hash(name: &[u8], value: &[u8]) -> u32 {
 
 /// Writes entries at `entries_at` and values downward from `values_end`;
 /// value offsets are relative to `base`. Returns the entry hashes.
-fn lay_out(buf: &mut [u8], attrs: &[&Attr], entries_at: usize, values_end: usize, base: usize) -> Vec<u32> {
+fn lay_out(
+    buf: &mut [u8],
+    attrs: &[&Attr],
+    entries_at: usize,
+    values_end: usize,
+    base: usize,
+) -> Vec<u32> {
     let mut at = entries_at;
     let mut vend = values_end;
     let mut hashes = Vec::with_capacity(attrs.len());
@@ -252,13 +278,17 @@ mod tests {
     use super::*;
 
     fn xattrs(list: &[(&str, &[u8])]) -> BTreeMap<String, Vec<u8>> {
-        list.iter().map(|(k, v)| (k.to_string(), v.to_vec())).collect()
+        list.iter()
+            .map(|(k, v)| (k.to_string(), v.to_vec()))
+            .collect()
     }
 
     #[test]
     fn capability_fits_in_the_inode() {
         // A VFS_CAP_REVISION_2 value: 20 bytes.
-        let cap = [0u8, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let cap = [
+            0u8, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ];
         let attrs = parse("/bin/ping", &xattrs(&[("security.capability", &cap)])).unwrap();
         assert_eq!(attrs[0].index, 6);
         let p = place("/bin/ping", &attrs).unwrap();
@@ -279,7 +309,10 @@ mod tests {
         assert_eq!(block[BLOCK_HEADER], 3); // "big"
         let huge = vec![1u8; 5000];
         let attrs = parse("/f", &xattrs(&[("user.huge", &huge)])).unwrap();
-        assert!(matches!(place("/f", &attrs), Err(Ext4Error::XattrsTooLarge { .. })));
+        assert!(matches!(
+            place("/f", &attrs),
+            Err(Ext4Error::XattrsTooLarge { .. })
+        ));
     }
 
     #[test]
@@ -289,7 +322,13 @@ mod tests {
         assert!(parse("/f", &xattrs(&[("system.data", b"")])).is_err());
         // user::rw-, user:1000:r--, group::r--, mask::r--, other::---
         let mut acl = 2u32.to_le_bytes().to_vec();
-        for (tag, perm, id) in [(1u16, 6u16, u32::MAX), (2, 4, 1000), (4, 4, u32::MAX), (0x10, 4, u32::MAX), (0x20, 0, u32::MAX)] {
+        for (tag, perm, id) in [
+            (1u16, 6u16, u32::MAX),
+            (2, 4, 1000),
+            (4, 4, u32::MAX),
+            (0x10, 4, u32::MAX),
+            (0x20, 0, u32::MAX),
+        ] {
             acl.extend_from_slice(&tag.to_le_bytes());
             acl.extend_from_slice(&perm.to_le_bytes());
             acl.extend_from_slice(&id.to_le_bytes());

@@ -34,8 +34,22 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
 /// Text-like bytes that compress about as well as real documentation.
 pub fn text(len: usize, seed: u64) -> Vec<u8> {
     const WORDS: [&str; 16] = [
-        "the ", "image ", "kernel ", "block ", "of ", "and ", "erofs ", "to ", "file ",
-        "compressed ", "cluster\n", "is ", "a ", "reproducible ", "build ", "directory ",
+        "the ",
+        "image ",
+        "kernel ",
+        "block ",
+        "of ",
+        "and ",
+        "erofs ",
+        "to ",
+        "file ",
+        "compressed ",
+        "cluster\n",
+        "is ",
+        "a ",
+        "reproducible ",
+        "build ",
+        "directory ",
     ];
     let mut x = seed | 1;
     let mut out = Vec::with_capacity(len + 16);
@@ -81,9 +95,18 @@ pub const CAP_NET_RAW: [u8; 20] = [
 pub fn rich_tree() -> Tree {
     let mut t = Tree::new();
     let ins = |t: &mut Tree, path: &str, node: Node| {
-        t.insert(path, node).unwrap_or_else(|e| panic!("{path}: {e}"));
+        t.insert(path, node)
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
     };
-    for dir in ["/usr/bin", "/etc", "/dev", "/run", "/links", "/many", "/home/big"] {
+    for dir in [
+        "/usr/bin",
+        "/etc",
+        "/dev",
+        "/run",
+        "/links",
+        "/many",
+        "/home/big",
+    ] {
         t.mkdir_p(dir).unwrap();
     }
     ins(&mut t, "/tmp", Node::dir(0o1777));
@@ -102,19 +125,35 @@ pub fn rich_tree() -> Tree {
     // pclusters.
     let mut five = Vec::new();
     for i in 0..10 {
-        five.extend(if i % 3 == 2 { noise(500_000, i) } else { text(500_000, i) });
+        five.extend(if i % 3 == 2 {
+            noise(500_000, i)
+        } else {
+            text(500_000, i)
+        });
     }
     ins(&mut t, "/big5m", file(five, 0o644));
 
     ins(&mut t, "/usr/bin/su", file(text(30_000, 6), 0o4755));
-    ins(&mut t, "/usr/bin/wall", with_owner(file(text(9000, 7), 0o2755), 0, 5));
+    ins(
+        &mut t,
+        "/usr/bin/wall",
+        with_owner(file(text(9000, 7), 0o2755), 0, 5),
+    );
     ins(
         &mut t,
         "/usr/bin/ping",
-        with_xattr(file(text(20_000, 8), 0o755), "security.capability", &CAP_NET_RAW),
+        with_xattr(
+            file(text(20_000, 8), 0o755),
+            "security.capability",
+            &CAP_NET_RAW,
+        ),
     );
     let mut labelled = file(b"#!/bin/sh\n".to_vec(), 0o755);
-    labelled = with_xattr(labelled, "security.selinux", b"system_u:object_r:bin_t:s0\0");
+    labelled = with_xattr(
+        labelled,
+        "security.selinux",
+        b"system_u:object_r:bin_t:s0\0",
+    );
     labelled = with_xattr(labelled, "user.comment", b"hello");
     labelled = with_xattr(labelled, "trusted.overlay.opaque", b"y");
     labelled = with_xattr(labelled, "security.capability", &CAP_NET_RAW);
@@ -124,7 +163,11 @@ pub fn rich_tree() -> Tree {
     ins(
         &mut t,
         "/etc/acl",
-        with_xattr(file(b"acl".to_vec(), 0o644), "system.posix_acl_access", &acl),
+        with_xattr(
+            file(b"acl".to_vec(), 0o644),
+            "system.posix_acl_access",
+            &acl,
+        ),
     );
     ins(
         &mut t,
@@ -137,7 +180,11 @@ pub fn rich_tree() -> Tree {
         "/home/big/file",
         with_owner(file(text(5000, 10), 0o640), 100_000, 200_000),
     );
-    ins(&mut t, "/home/big/dir", with_owner(Node::dir(0o700), 70_000, 65_536));
+    ins(
+        &mut t,
+        "/home/big/dir",
+        with_owner(Node::dir(0o700), 70_000, 65_536),
+    );
 
     let dev = |kind| Node {
         kind,
@@ -146,9 +193,24 @@ pub fn rich_tree() -> Tree {
         gid: 6,
         xattrs: BTreeMap::new(),
     };
-    ins(&mut t, "/dev/null", dev(Kind::CharDev { major: 1, minor: 3 }));
-    ins(&mut t, "/dev/sda1", dev(Kind::BlockDev { major: 8, minor: 1 }));
-    ins(&mut t, "/dev/nvme", dev(Kind::BlockDev { major: 259, minor: 70_000 }));
+    ins(
+        &mut t,
+        "/dev/null",
+        dev(Kind::CharDev { major: 1, minor: 3 }),
+    );
+    ins(
+        &mut t,
+        "/dev/sda1",
+        dev(Kind::BlockDev { major: 8, minor: 1 }),
+    );
+    ins(
+        &mut t,
+        "/dev/nvme",
+        dev(Kind::BlockDev {
+            major: 259,
+            minor: 70_000,
+        }),
+    );
     ins(&mut t, "/run/fifo", dev(Kind::Fifo));
     ins(&mut t, "/run/sock", dev(Kind::Socket));
 
@@ -157,7 +219,9 @@ pub fn rich_tree() -> Tree {
     ins(&mut t, "/links/long", Node::symlink(long_target));
     ins(&mut t, "/links/abs", Node::symlink("/usr/bin/su"));
     let mut labelled_link = Node::symlink("../tiny");
-    labelled_link.xattrs.insert("security.selinux".into(), b"lnk\0".to_vec());
+    labelled_link
+        .xattrs
+        .insert("security.selinux".into(), b"lnk\0".to_vec());
     ins(&mut t, "/links/labelled", labelled_link);
     let hard = |target: &str| Node {
         kind: Kind::Hardlink(target.to_string()),
@@ -187,12 +251,24 @@ pub fn rich_tree() -> Tree {
         deep.push_str(&format!("/level{i}"));
         ins(&mut t, &deep, Node::dir(0o755));
     }
-    ins(&mut t, &format!("{deep}/bottom"), file(b"deep".to_vec(), 0o644));
+    ins(
+        &mut t,
+        &format!("{deep}/bottom"),
+        file(b"deep".to_vec(), 0o644),
+    );
 
     let long_name = "L".repeat(255);
     ins(&mut t, &format!("/{long_name}"), Node::dir(0o755));
-    ins(&mut t, &format!("/{long_name}/{}", "f".repeat(255)), file(b"long".to_vec(), 0o644));
-    ins(&mut t, &format!("/links/{}", "s".repeat(255)), Node::symlink("x".repeat(255)));
+    ins(
+        &mut t,
+        &format!("/{long_name}/{}", "f".repeat(255)),
+        file(b"long".to_vec(), 0o644),
+    );
+    ins(
+        &mut t,
+        &format!("/links/{}", "s".repeat(255)),
+        Node::symlink("x".repeat(255)),
+    );
     t
 }
 
@@ -217,7 +293,11 @@ pub fn fsck_extract(image: &Path, into: &Path) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "fsck.erofs failed on {}:\n{log}", image.display());
+    assert!(
+        out.status.success(),
+        "fsck.erofs failed on {}:\n{log}",
+        image.display()
+    );
     assert!(!log.contains("<E>"), "fsck.erofs reported errors:\n{log}");
 }
 
@@ -266,7 +346,11 @@ pub fn compare_host_dir(tree: &Tree, root: &Path, extracted: bool) {
                 u32::from(node.mode) & mode_mask,
                 "{path}: mode"
             );
-            assert_eq!((meta.uid(), meta.gid()), (node.uid, node.gid), "{path}: owner");
+            assert_eq!(
+                (meta.uid(), meta.gid()),
+                (node.uid, node.gid),
+                "{path}: owner"
+            );
         }
         match &node.kind {
             Kind::Dir => assert!(ft.is_dir(), "{path}"),
