@@ -49,6 +49,12 @@ pub struct Extent {
 pub struct Compressed {
     pub extents: Vec<Extent>,
     pub blocks: Vec<u8>,
+    /// The last extent as it would be stored inline after the inode
+    /// (tail packing): its LZ4 stream without padding, or its content when
+    /// that is not longer.
+    pub tail: Vec<u8>,
+    /// Whether `tail` is LZ4.
+    pub tail_compressed: bool,
 }
 
 impl Compressed {
@@ -71,7 +77,7 @@ pub fn compress(
     let mut head = 0usize;
     let mut start = 0u64;
     let mut dst = vec![0u8; BLOCK_SIZE];
-    let mut check = vec![0u8; MAX_EXTENT];
+    let mut check = vec![0u8; usize::try_from(size).map_or(MAX_EXTENT, |s| s.min(MAX_EXTENT))];
     while start < size {
         let remaining = size - start;
         let want = remaining.min(MAX_EXTENT as u64) as usize;
@@ -101,11 +107,26 @@ pub fn compress(
             Some((read, wrote)) => {
                 // Zero padding first, the LZ4 stream flush with the end.
                 block[BLOCK_SIZE - wrote..].copy_from_slice(&dst[..wrote]);
+                if read == want && want as u64 == remaining {
+                    out.tail = dst[..wrote].to_vec();
+                    out.tail_compressed = true;
+                }
                 (read, true)
             }
             None => {
                 let len = want.min(BLOCK_SIZE);
                 block[..len].copy_from_slice(&input[..len]);
+                if len as u64 == remaining {
+                    let raw = &input[..len];
+                    let packed = pack_all(raw, algo, &mut check).map_err(|detail| {
+                        ErofsError::Compress {
+                            path: src.path().to_string(),
+                            detail,
+                        }
+                    })?;
+                    out.tail_compressed = packed.is_some();
+                    out.tail = packed.unwrap_or_else(|| raw.to_vec());
+                }
                 (len, false)
             }
         };
@@ -148,6 +169,26 @@ fn pack(
         ));
     }
     Ok(Some((read, wrote)))
+}
+
+/// Compresses all of a short `input` (an uncompressed last extent, to be
+/// stored inline), if that makes it shorter.
+fn pack_all(input: &[u8], algo: Algorithm, check: &mut [u8]) -> Result<Option<Vec<u8>>, String> {
+    let mut out = Vec::new();
+    let result = match algo {
+        Algorithm::Lz4 => lzzzz::lz4::compress_to_vec(input, &mut out, lzzzz::lz4::ACC_LEVEL_DEFAULT),
+        Algorithm::Lz4hc(level) => lzzzz::lz4_hc::compress_to_vec(input, &mut out, level),
+    };
+    result.map_err(|e| format!("lz4: {e}"))?;
+    if out.is_empty() || out.len() >= input.len() || out[0] == 0 {
+        return Ok(None);
+    }
+    let got = lzzzz::lz4::decompress(&out, &mut check[..input.len()])
+        .map_err(|e| format!("lz4 round trip: {e}"))?;
+    if got != input.len() || check[..got] != *input {
+        return Err(format!("lz4 round trip of {} bytes gave different content", input.len()));
+    }
+    Ok(Some(out))
 }
 
 #[cfg(test)]

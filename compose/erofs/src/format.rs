@@ -22,6 +22,8 @@ pub const COMPAT_SB_CHKSUM: u32 = 0x1;
 /// padding, which lets the kernel find its exact length and decompress in
 /// place; required for LZ4 pclusters.
 pub const INCOMPAT_ZERO_PADDING: u32 = 0x1;
+/// A compressed file's last extent may be stored inline after its map.
+pub const INCOMPAT_ZTAILPACKING: u32 = 0x10;
 
 pub const COMPACT_INODE_SIZE: usize = 32;
 pub const EXTENDED_INODE_SIZE: usize = 64;
@@ -182,10 +184,11 @@ pub fn encode_dirent(out: &mut Vec<u8>, nid: u64, nameoff: u16, file_type: u8) {
 /// The map header before a compressed inode's compact index: 8 bytes.
 pub const MAP_HEADER_SIZE: usize = 8;
 
-/// The map header: LZ4 for both head types, 4 KiB lclusters, and the given
-/// `h_advise` flags.
-pub fn encode_map_header(out: &mut Vec<u8>, advise: u16) {
-    out.extend_from_slice(&0u32.to_le_bytes()); // h_reserved1 / fragment offset
+/// The map header: LZ4 for both head types, 4 KiB lclusters, the given
+/// `h_advise` flags, and the size of an inline (tail-packed) pcluster.
+pub fn encode_map_header(out: &mut Vec<u8>, advise: u16, idata_size: u16) {
+    out.extend_from_slice(&0u16.to_le_bytes()); // h_reserved1
+    out.extend_from_slice(&idata_size.to_le_bytes());
     out.extend_from_slice(&advise.to_le_bytes());
     out.push(0); // h_algorithmtype: LZ4 for HEAD1 and HEAD2
     out.push(0); // h_clusterbits: lclusters of 2^(12 + 0) bytes

@@ -48,7 +48,7 @@ pub enum Compression {
     Lz4hc { level: u8 },
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Options {
     pub compression: Compression,
     /// `SOURCE_DATE_EPOCH`: the time of every inode and of the build.
@@ -57,6 +57,23 @@ pub struct Options {
     pub uuid: Option<[u8; 16]>,
     /// The volume name, at most 16 bytes.
     pub label: Option<String>,
+    /// Store the last, partial pcluster of a compressed file inline after
+    /// its inode instead of in a block of its own ("ztailpacking"): about
+    /// half a block less per compressed file. Such images need Linux 5.17
+    /// or later; without it compressed images mount on 5.4 and later.
+    pub tail_packing: bool,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            compression: Compression::None,
+            epoch: 0,
+            uuid: None,
+            label: None,
+            tail_packing: true,
+        }
+    }
 }
 
 /// What was written.

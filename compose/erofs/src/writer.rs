@@ -34,8 +34,15 @@ enum Data {
     /// Blocks from `blkaddr` and, when `tail > 0`, the last `tail` bytes
     /// inline after the inode.
     Flat { blkaddr: u32, tail: usize },
-    /// LZ4 pclusters from `blkaddr`, one per extent.
-    Compressed { blkaddr: u32, extents: Vec<Extent> },
+    /// Pclusters from `blkaddr`, one block per extent, except that with
+    /// `inline > 0` the last extent's `inline` bytes follow the inode's map
+    /// instead (tail packing).
+    Compressed {
+        blkaddr: u32,
+        extents: Vec<Extent>,
+        blocks: u32,
+        inline: usize,
+    },
 }
 
 /// The output, with the count of bytes written and the content hash the
@@ -117,12 +124,12 @@ pub fn write<W: Write + Seek>(
 
     let mut data: Vec<Data> = inodes.iter().map(|_| Data::None).collect();
     let mut tails: Vec<Vec<u8>> = inodes.iter().map(|_| Vec::new()).collect();
-    write_files(&inodes, algo, &mut img, &mut data, &mut tails)?;
+    let tail_packing = opts.tail_packing;
+    write_files(&inodes, algo, tail_packing, &mut img, &mut data, &mut tails)?;
 
     // Directory and symlink blocks go after the files. Their count is known
     // now; directory content needs the nids, which need the records placed.
     let mut next = img.block()?;
-    let first_dir_block = next;
     for (index, inode) in inodes.iter().enumerate() {
         if matches!(inode.content, Content::Dir(_) | Content::Symlink(_)) {
             let tail = inline_tail(inode, index);
@@ -145,19 +152,6 @@ pub fn write<W: Write + Seek>(
         .map(|(inode, d)| alloc.place(record_len(inode, d)))
         .collect();
     let total_blocks = meta_start + u64::from(alloc.blocks()) - 1;
-    if std::env::var_os("KILN_EROFS_DEBUG").is_some() {
-        let used: usize = inodes
-            .iter()
-            .zip(&data)
-            .map(|(i, d)| round_up(record_len(i, d), 32))
-            .sum();
-        eprintln!(
-            "meta blocks {} used {} dirsym blocks {}",
-            alloc.blocks(),
-            used,
-            meta_start - u64::from(first_dir_block)
-        );
-    }
     if total_blocks > u64::from(u32::MAX) {
         return Err(ErofsError::ImageTooLarge {
             blocks: total_blocks,
@@ -199,6 +193,7 @@ pub fn write<W: Write + Seek>(
     let mut metadata = vec![0u8; alloc.blocks() as usize * BLOCK_SIZE];
     let mut record = Vec::new();
     let mut compressed_any = false;
+    let mut packed_any = false;
     for (index, inode) in inodes.iter().enumerate() {
         record.clear();
         encode_record(
@@ -210,6 +205,7 @@ pub fn write<W: Write + Seek>(
             &mut record,
         );
         compressed_any |= matches!(data[index], Data::Compressed { .. });
+        packed_any |= matches!(data[index], Data::Compressed { inline, .. } if inline > 0);
         let p = places[index];
         let at = p.block as usize * BLOCK_SIZE + p.offset as usize;
         metadata[at..at + record.len()].copy_from_slice(&record);
@@ -222,6 +218,10 @@ pub fn write<W: Write + Seek>(
         feature_compat: format::COMPAT_SB_CHKSUM,
         feature_incompat: if compressed_any {
             format::INCOMPAT_ZERO_PADDING
+        } else {
+            0
+        } | if packed_any {
+            format::INCOMPAT_ZTAILPACKING
         } else {
             0
         },
@@ -297,16 +297,20 @@ fn map_offset(inode: &Inode<'_>) -> usize {
     round_up(inode.header_len() + inode.xattrs.len(), 8) + MAP_HEADER_SIZE
 }
 
+/// Where a compressed inode's map ends in its record: where a packed tail
+/// goes.
+fn map_end(inode: &Inode<'_>) -> usize {
+    let lclusters = inode.size.div_ceil(BLOCK_SIZE as u64) as usize;
+    let ebase = map_offset(inode);
+    ebase + zmap::encoded_len(lclusters, ebase)
+}
+
 fn record_len(inode: &Inode<'_>, data: &Data) -> usize {
     let fixed = inode.header_len() + inode.xattrs.len();
     match data {
         Data::None => fixed,
         Data::Flat { tail, .. } => fixed + tail,
-        Data::Compressed { .. } => {
-            let lclusters = inode.size.div_ceil(BLOCK_SIZE as u64) as usize;
-            let ebase = map_offset(inode);
-            ebase + zmap::encoded_len(lclusters, ebase)
-        }
+        Data::Compressed { inline, .. } => map_end(inode) + inline,
     }
 }
 
@@ -323,7 +327,7 @@ fn encode_record(
         (Data::None, _) => (Layout::FlatPlain, 0),
         (Data::Flat { blkaddr, tail }, _) if *tail > 0 => (Layout::FlatInline, *blkaddr),
         (Data::Flat { blkaddr, .. }, _) => (Layout::FlatPlain, *blkaddr),
-        (Data::Compressed { extents, .. }, _) => (Layout::CompressedCompact, extents.len() as u32),
+        (Data::Compressed { blocks, .. }, _) => (Layout::CompressedCompact, *blocks),
     };
     InodeHeader {
         layout,
@@ -344,11 +348,22 @@ fn encode_record(
     match data {
         Data::None => {}
         Data::Flat { .. } => out.extend_from_slice(tail),
-        Data::Compressed { blkaddr, extents } => {
+        Data::Compressed {
+            blkaddr,
+            extents,
+            inline,
+            ..
+        } => {
             let ebase = map_offset(inode);
             out.resize(ebase - MAP_HEADER_SIZE, 0);
-            format::encode_map_header(out, zmap::ADVISE_COMPACTED_2B);
+            let mut advise = zmap::ADVISE_COMPACTED_2B;
+            if *inline > 0 {
+                advise |= zmap::ADVISE_INLINE_PCLUSTER;
+            }
+            // A tail fits a block, so its length fits 16 bits.
+            format::encode_map_header(out, advise, *inline as u16);
             out.extend_from_slice(&zmap::encode(extents, inode.size, *blkaddr, ebase));
+            out.extend_from_slice(tail);
         }
     }
 }
@@ -363,6 +378,7 @@ fn plain_blocks(inode: &Inode<'_>, index: usize) -> u64 {
 fn write_files<W: Write + Seek>(
     inodes: &[Inode<'_>],
     algo: Option<Algorithm>,
+    tail_packing: bool,
     img: &mut Image<'_, W>,
     data: &mut [Data],
     tails: &mut [Vec<u8>],
@@ -387,21 +403,33 @@ fn write_files<W: Write + Seek>(
             .count();
         let (batch, tail) = rest.split_at(n);
         rest = tail;
-        let compressed: Vec<Option<Compressed>> = match algo {
+        let compressed: Vec<Option<(Compressed, bool)>> = match algo {
             Some(algo) => batch
                 .par_iter()
-                .map(|&index| try_compress(&inodes[index], index, algo))
+                .map(|&index| try_compress(&inodes[index], index, algo, tail_packing))
                 .collect::<Result<_, _>>()?,
             None => batch.iter().map(|_| None).collect(),
         };
         for (&index, c) in batch.iter().zip(compressed) {
             data[index] = match c {
-                Some(c) => {
+                Some((mut c, pack)) => {
                     let blkaddr = img.block()?;
-                    img.write(&c.blocks)?;
+                    let mut blocks = c.extents.len();
+                    let mut inline = 0;
+                    if pack {
+                        blocks -= 1;
+                        inline = c.tail.len();
+                        if let Some(last) = c.extents.last_mut() {
+                            last.compressed = c.tail_compressed;
+                        }
+                        tails[index] = std::mem::take(&mut c.tail);
+                    }
+                    img.write(&c.blocks[..blocks * BLOCK_SIZE])?;
                     Data::Compressed {
                         blkaddr,
                         extents: c.extents,
+                        blocks: blocks as u32,
+                        inline,
                     }
                 }
                 None => {
@@ -417,12 +445,14 @@ fn write_files<W: Write + Seek>(
 
 /// The compressed form of a file, if it is worth it: it must take at least
 /// one block less than the file's size in blocks, and less space overall
-/// than storing it as is, counting the inline tail and the index.
+/// than storing it as is, counting inline tails and the map. The flag says
+/// whether its last extent is packed inline after the inode.
 fn try_compress(
     inode: &Inode<'_>,
     index: usize,
     algo: Algorithm,
-) -> Result<Option<Compressed>, ErofsError> {
+    tail_packing: bool,
+) -> Result<Option<(Compressed, bool)>, ErofsError> {
     let Content::File(content) = &inode.content else {
         return Ok(None);
     };
@@ -433,16 +463,17 @@ fn try_compress(
     let mut src = Source::open(inode.path, content, inode.size)?;
     let c = compress::compress(&mut src, inode.size, algo)?;
     src.finish()?;
+    // A packed tail must sit in one block, right after the map.
+    let map_end = map_end(inode);
+    let pack = tail_packing
+        && !c.tail.is_empty()
+        && map_end % BLOCK_SIZE + c.tail.len() <= BLOCK_SIZE;
+    let blocks = c.block_count() - u64::from(pack);
     let bs = BLOCK_SIZE as u64;
+    let meta = map_end - inode.header_len() - inode.xattrs.len();
+    let compressed_bytes = blocks * bs + (meta + if pack { c.tail.len() } else { 0 }) as u64;
     let plain_bytes = plain_blocks(inode, index) * bs + inline_tail(inode, index) as u64;
-    let compressed = Data::Compressed {
-        blkaddr: 0,
-        extents: Vec::new(),
-    };
-    let index_bytes =
-        (record_len(inode, &compressed) - inode.header_len() - inode.xattrs.len()) as u64;
-    let compressed_bytes = c.block_count() * bs + index_bytes;
-    Ok((c.block_count() < size_blocks && compressed_bytes < plain_bytes).then_some(c))
+    Ok((blocks < size_blocks && compressed_bytes < plain_bytes).then_some((c, pack)))
 }
 
 /// Copies a file's content into blocks, except the inline tail, which is

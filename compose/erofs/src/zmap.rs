@@ -23,6 +23,8 @@ use crate::format::BLOCK_SIZE;
 
 /// `h_advise` bit: the middle of the map uses 16-entry (2-byte) packs.
 pub const ADVISE_COMPACTED_2B: u16 = 0x0001;
+/// `h_advise` bit: the last extent's pcluster is inline after the map.
+pub const ADVISE_INLINE_PCLUSTER: u16 = 0x0008;
 
 const TYPE_PLAIN: u32 = 0;
 const TYPE_HEAD: u32 = 1;

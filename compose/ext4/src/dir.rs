@@ -1,10 +1,8 @@
-//! Linear directory blocks with `metadata_csum` tails.
+//! Directory entries and blocks with `metadata_csum` tails.
 //!
-//! Directories are written unindexed: `.` and `..` first, then the entries
-//! in byte order of their names, packed greedily into blocks. e2fsck accepts
-//! multi-block linear directories with `dir_index` set, and the kernel looks
-//! them up linearly; directories it creates or grows past one block at run
-//! time get htree indexes as usual.
+//! A directory that fits one block is written linearly: `.` and `..`
+//! first, then the entries in byte order of their names. Larger ones get an
+//! htree index (see `htree`), whose leaves are blocks encoded here.
 
 use crate::crc32c;
 use crate::geometry::BLOCK_SIZE;
@@ -21,7 +19,8 @@ pub(crate) const FT_SYMLINK: u8 = 7;
 const BS: usize = BLOCK_SIZE as usize;
 /// The fake entry at the end of each block that holds the checksum.
 const TAIL: usize = 12;
-const SPACE: usize = BS - TAIL;
+/// Bytes of a block available to entries.
+pub(crate) const SPACE: usize = BS - TAIL;
 
 #[derive(Clone, Debug)]
 pub(crate) struct Entry {
@@ -30,7 +29,7 @@ pub(crate) struct Entry {
     pub file_type: u8,
 }
 
-fn rec_len(name_len: usize) -> usize {
+pub(crate) fn rec_len(name_len: usize) -> usize {
     (8 + name_len + 3) & !3
 }
 
@@ -64,31 +63,40 @@ pub(crate) fn encode(entries: &[Entry], nblocks: u64, inode_seed: u32) -> Vec<u8
     let total = (nblocks as usize).max(packed.len());
     let mut out = vec![0u8; total * BS];
     for (b, block) in out.chunks_exact_mut(BS).enumerate() {
-        let list: &[Entry] = packed.get(b).copied().unwrap_or(&[]);
-        let mut at = 0;
-        for (i, e) in list.iter().enumerate() {
-            let len = if i + 1 == list.len() {
-                SPACE - at
-            } else {
-                rec_len(e.name.len())
-            };
-            put_u32(block, at, e.ino);
-            put_u16(block, at + 4, len as u16);
-            put_u8(block, at + 6, e.name.len() as u8);
-            put_u8(block, at + 7, e.file_type);
-            block[at + 8..at + 8 + e.name.len()].copy_from_slice(&e.name);
-            at += len;
-        }
-        if list.is_empty() {
-            // An empty block is one unused entry spanning it.
-            put_u16(block, 4, SPACE as u16);
-        }
-        put_u16(block, SPACE + 4, TAIL as u16);
-        put_u8(block, SPACE + 7, 0xDE);
-        let csum = crc32c::update(inode_seed, &block[..SPACE]);
-        put_u32(block, SPACE + 8, csum);
+        let list: Vec<&Entry> = packed
+            .get(b)
+            .map(|l| l.iter().collect())
+            .unwrap_or_default();
+        encode_block(block, &list, inode_seed);
     }
     out
+}
+
+/// Encodes one block holding `list` (which must fit), with its checksum
+/// tail; an empty list gives an empty block.
+pub(crate) fn encode_block(block: &mut [u8], list: &[&Entry], inode_seed: u32) {
+    let mut at = 0;
+    for (i, e) in list.iter().enumerate() {
+        let len = if i + 1 == list.len() {
+            SPACE - at
+        } else {
+            rec_len(e.name.len())
+        };
+        put_u32(block, at, e.ino);
+        put_u16(block, at + 4, len as u16);
+        put_u8(block, at + 6, e.name.len() as u8);
+        put_u8(block, at + 7, e.file_type);
+        block[at + 8..at + 8 + e.name.len()].copy_from_slice(&e.name);
+        at += len;
+    }
+    if list.is_empty() {
+        // An empty block is one unused entry spanning it.
+        put_u16(block, 4, SPACE as u16);
+    }
+    put_u16(block, SPACE + 4, TAIL as u16);
+    put_u8(block, SPACE + 7, 0xDE);
+    let csum = crc32c::update(inode_seed, &block[..SPACE]);
+    put_u32(block, SPACE + 8, csum);
 }
 
 #[cfg(test)]

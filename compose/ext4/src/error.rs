@@ -77,6 +77,18 @@ pub enum Ext4Error {
         minor: u32,
     },
 
+    /// A directory too large for a two-level htree (no `large_dir`).
+    #[error(
+        "{path}: {entries} entries need {leaves} directory blocks; an htree without \
+         large_dir addresses at most {max_leaves}"
+    )]
+    DirTooLarge {
+        path: String,
+        entries: usize,
+        leaves: usize,
+        max_leaves: usize,
+    },
+
     /// A hard link whose target is missing or not a regular file.
     #[error("{path}: hard link target `{target}` is not a regular file in the tree")]
     BadHardlink { path: String, target: String },

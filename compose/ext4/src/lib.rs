@@ -4,9 +4,10 @@
 //! is not reproducible, and no Rust crate creates ext4; Kiln writes ext4 for
 //! its state and data partitions (read-write, journaled) and optionally the
 //! root filesystem. The same tree and [`Options`] always give the same
-//! bytes: every time is [`Options::epoch`], the UUID and htree hash seed are
-//! derived from a hash of the tree and options, and nothing depends on the
-//! host or on hash-map order.
+//! bytes: every time is [`Options::epoch`], the UUID is derived from a hash
+//! of the tree (content included) and options, the htree hash seed from a
+//! hash of its metadata, and nothing depends on the host or on hash-map
+//! order.
 //!
 //! # Format
 //!
@@ -22,8 +23,8 @@
 //! `resize_inode` is left out because it only reserves descriptor blocks
 //! for growing the filesystem online; without it `resize2fs` still grows
 //! the filesystem (offline, or online via meta_bg on current kernels).
-//! Directories are written linearly (unindexed), which e2fsck accepts and
-//! the kernel reads; directories that grow at run time get htree indexes.
+//! Directories larger than one block get htree (hashed) indexes, as the
+//! kernel would never add one to an existing multi-block directory.
 //! All-zero 4 KiB blocks of files become holes, as with `mke2fs -d`.
 //!
 //! # Output and crash safety
@@ -48,6 +49,7 @@ mod dir;
 mod error;
 mod extent;
 mod geometry;
+mod htree;
 mod inode;
 mod journal;
 mod layout;

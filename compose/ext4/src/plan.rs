@@ -2,6 +2,9 @@
 //! entries, link counts and xattr placement, with no I/O except learning
 //! host file sizes.
 //!
+//! A hard link shares its target's inode, so its own mode, owner and xattrs
+//! are ignored; the target's apply to every name.
+//!
 //! Inode numbers: the root is 2, lost+found 11 (created 0700 root:root when
 //! the tree has none, because e2fsck insists on it), then each directory's
 //! entries get consecutive numbers in name order before its subdirectories
@@ -15,6 +18,7 @@ use kiln_fstree::{name, parent, Data, Kind, Node, Tree};
 use crate::dir::{self, Entry};
 use crate::error::Ext4Error;
 use crate::geometry::{BLOCK_SIZE, FIRST_INO};
+use crate::htree::{Htree, MAX_LEAVES};
 use crate::inode::{S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFREG, S_IFSOCK};
 use crate::xattr::{self, MAX_REFCOUNT};
 
@@ -47,9 +51,12 @@ static ROOT: Node = Node {
 };
 
 pub(crate) enum Body<'t> {
+    /// `htree` is set by [`Plan::index_dirs`] for directories larger
+    /// than a block; `blocks` then counts the index blocks too.
     Dir {
         entries: Vec<Entry>,
         blocks: u64,
+        htree: Option<Htree>,
     },
     File {
         data: &'t Data,
@@ -94,6 +101,36 @@ impl Plan<'_> {
     /// The highest inode number used (all of 1..=it are in use).
     pub fn max_ino(&self) -> u32 {
         FIRST_INO + self.inodes.len() as u32 - 2
+    }
+
+    /// Gives directories larger than one block an htree index, hashed
+    /// with the filesystem's `seed`.
+    pub fn index_dirs(&mut self, seed: &[u32; 4]) -> Result<(), Ext4Error> {
+        for p in &mut self.inodes {
+            if let Body::Dir {
+                entries,
+                blocks,
+                htree,
+            } = &mut p.body
+            {
+                match Htree::plan(entries, seed) {
+                    Ok(Some(h)) => {
+                        *blocks = h.blocks();
+                        *htree = Some(h);
+                    }
+                    Ok(None) => {}
+                    Err(leaves) => {
+                        return Err(Ext4Error::DirTooLarge {
+                            path: p.path.to_string(),
+                            entries: entries.len() - 2,
+                            leaves,
+                            max_leaves: MAX_LEAVES,
+                        })
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -153,14 +190,26 @@ fn device_block(path: &str, major: u32, minor: u32) -> Result<[u8; 60], Ext4Erro
     Ok(b)
 }
 
+/// The content size; host files must be regular files, so that a bad
+/// source path fails here rather than half-way through writing.
 fn data_len(path: &str, data: &Data) -> Result<u64, Ext4Error> {
     let size = match data {
         Data::Bytes(b) => b.len() as u64,
-        Data::Path(host) => data.len().map_err(|source| Ext4Error::ReadData {
-            path: path.to_string(),
-            host: host.clone(),
-            source,
-        })?,
+        Data::Path(host) => {
+            let err = |source| Ext4Error::ReadData {
+                path: path.to_string(),
+                host: host.clone(),
+                source,
+            };
+            let meta = std::fs::metadata(host).map_err(err)?;
+            if !meta.is_file() {
+                return Err(err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "not a regular file",
+                )));
+            }
+            meta.len()
+        }
     };
     // Logical block numbers are 32 bits.
     if size.div_ceil(BLOCK_SIZE) > u64::from(u32::MAX) {
@@ -299,7 +348,15 @@ pub(crate) fn plan(tree: &Tree) -> Result<Plan<'_>, Ext4Error> {
                 }
                 let links = 2 + subdirs;
                 let links = if links > LINK_MAX { 1 } else { links };
-                (S_IFDIR, links, Body::Dir { entries, blocks })
+                (
+                    S_IFDIR,
+                    links,
+                    Body::Dir {
+                        entries,
+                        blocks,
+                        htree: None,
+                    },
+                )
             }
             Kind::File(data) => {
                 let links = 1 + hardlinks.get(path).copied().unwrap_or(0);

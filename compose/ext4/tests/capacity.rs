@@ -116,6 +116,12 @@ fn unstorable_entries_are_refused_before_writing() {
             .unwrap();
             (t, "/nonexistent/kiln-ext4-test")
         },
+        {
+            let mut t = Tree::new();
+            t.insert("/dir-as-file", Node::file(Data::Path("/".into()), 0o644))
+                .unwrap();
+            (t, "not a regular file")
+        },
     ];
     for (t, want) in cases {
         let (r, out) = try_write(&t, &Options::new(16 * MIB));

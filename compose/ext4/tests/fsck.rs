@@ -170,3 +170,48 @@ fn many_subdirectories_and_tiny_inode_ratio() {
     assert_eq!(s.groups, 5);
     assert_eq!(stat_all(&image, &["/d"])["/d"].links, 2002);
 }
+
+#[test]
+fn large_directories_are_hash_indexed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = Tree::new();
+    t.insert("/one", Node::dir(0o755)).unwrap();
+    for i in 0..3000 {
+        file(&mut t, &format!("/one/entry-{i}"), Vec::new(), 0o644);
+    }
+    // 255-byte names: 15 per leaf, so 8000 need > 507 leaves and a level
+    // of index nodes.
+    t.insert("/two", Node::dir(0o755)).unwrap();
+    for i in 0..8000 {
+        file(&mut t, &format!("/two/{i:0>255}"), Vec::new(), 0o644);
+    }
+    t.insert("/small", Node::dir(0o755)).unwrap();
+    file(&mut t, "/small/only", Vec::new(), 0o644);
+    let mut o = Options::new(64 * MIB);
+    o.inode_ratio = 4096;
+    let (image, _) = write_image(dir.path(), "dirs.img", &t, &o);
+    fsck(&image);
+    let s = stat_all(&image, &["/one", "/two", "/small"]);
+    assert_eq!(s["/one"].flags & 0x1000, 0x1000, "INDEX_FL");
+    assert_eq!(s["/two"].flags & 0x1000, 0x1000, "INDEX_FL");
+    assert_eq!(
+        s["/small"].flags & 0x1000,
+        0,
+        "one-block directories stay linear"
+    );
+    let one = debugfs(&image, &["htree_dump /one".into()]);
+    assert!(
+        one.contains("Indirect levels: 0"),
+        "{}",
+        &one[..one.len().min(2000)]
+    );
+    let two = debugfs(&image, &["htree_dump /two".into()]);
+    assert!(
+        two.contains("Indirect levels: 1"),
+        "{}",
+        &two[..two.len().min(2000)]
+    );
+    // Every name is in the dump exactly once.
+    let listed = one.matches(" entry-").count();
+    assert_eq!(listed, 3000);
+}

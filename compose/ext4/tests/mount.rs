@@ -69,9 +69,22 @@ fn kernel_mounts_read_write() {
     file(&mut t, "/srv/holes", holes.clone(), 0o644);
     t.insert("/srv/long-link", Node::symlink("t".repeat(300)))
         .unwrap();
+    // Indexed directories, one and two levels: the kernel must find every
+    // name through the hash index.
+    t.insert("/srv/idx1", Node::dir(0o755)).unwrap();
+    for i in 0..3000 {
+        let name = format!("/srv/idx1/lib{i}.so");
+        file(&mut t, &name, i.to_string().into_bytes(), 0o644);
+    }
+    t.insert("/srv/idx2", Node::dir(0o755)).unwrap();
+    for i in 0..8000 {
+        file(&mut t, &format!("/srv/idx2/{i:0>250}"), Vec::new(), 0o644);
+    }
 
     let dir = tempfile::tempdir().unwrap();
-    let (image, summary) = write_image(dir.path(), "m.img", &t, &Options::new(64 * MIB));
+    let mut opts = Options::new(64 * MIB);
+    opts.inode_ratio = 4096;
+    let (image, summary) = write_image(dir.path(), "m.img", &t, &opts);
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     let out = Command::new("mount")
@@ -126,11 +139,44 @@ fn kernel_mounts_read_write() {
             .len(),
         300
     );
+    let missing: Vec<String> = (0..3000)
+        .map(|i| format!("srv/idx1/lib{i}.so"))
+        .chain((0..8000).map(|i| format!("srv/idx2/{i:0>250}")))
+        .filter(|p| std::fs::symlink_metadata(mnt.join(p)).is_err())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} names not found by the kernel, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(3)]
+    );
+    for i in 0..3000 {
+        let p = mnt.join(format!("srv/idx1/lib{i}.so"));
+        assert_eq!(
+            std::fs::read(&p).unwrap(),
+            i.to_string().into_bytes(),
+            "{}",
+            p.display()
+        );
+    }
+    assert!(std::fs::symlink_metadata(mnt.join("srv/idx1/absent")).is_err());
+    assert_eq!(
+        std::fs::read_dir(mnt.join("srv/idx2")).unwrap().count(),
+        8000
+    );
     let st = nix_statvfs(&mnt);
     assert_eq!(st, summary.free_blocks, "statfs free blocks");
 
-    // Changes: new files, a directory big enough for the kernel to index,
-    // a rewrite, a delete, an xattr.
+    // Changes: new files (also into the indexed directories, splitting
+    // full leaves), a directory big enough for the kernel to index, a
+    // rewrite, a delete.
+    for i in 0..500 {
+        std::fs::write(mnt.join(format!("srv/idx1/new-{i}")), b"n").unwrap();
+        std::fs::write(mnt.join(format!("srv/idx2/new-{i}")), b"n").unwrap();
+    }
+    for i in (0..3000).step_by(3) {
+        std::fs::remove_file(mnt.join(format!("srv/idx1/lib{i}.so"))).unwrap();
+    }
     std::fs::write(mnt.join("srv/data/new"), noise(7, 300_000)).unwrap();
     std::fs::create_dir(mnt.join("srv/data/many")).unwrap();
     for i in 0..500 {
