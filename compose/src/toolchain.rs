@@ -356,3 +356,50 @@ pub fn base_env(tc: &Toolchain, target: &Target, cc: &str) -> BTreeMap<String, S
     }
     env
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn toolchain(cc: &str) -> Toolchain {
+        Toolchain {
+            name: "t".into(),
+            cc: cc.into(),
+            cxx: String::new(),
+            ar: String::new(),
+            ld: String::new(),
+            nm: String::new(),
+            objcopy: String::new(),
+            ranlib: String::new(),
+            strip: String::new(),
+            rustc: String::new(),
+            cargo: String::new(),
+            rust_linker: String::new(),
+            host_paths: Vec::new(),
+            env: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn the_cc_crate_discovers_the_cross_compiler_for_a_triple() {
+        let target = Target {
+            arch: "aarch64".into(),
+            triple: "aarch64-linux-gnu".into(),
+            rust_triple: "aarch64-unknown-linux-gnu".into(),
+            cpu_flags: Vec::new(),
+        };
+        let found = c_compiler(&toolchain("auto"), &target).expect("discovery");
+        assert!(found.ends_with("aarch64-linux-gnu-gcc"), "{found}");
+        assert_eq!(
+            c_compiler(&toolchain("my-gcc"), &target).expect("explicit"),
+            "my-gcc"
+        );
+    }
+
+    #[test]
+    fn triples_match_ignoring_the_vendor() {
+        assert!(triples_match("x86_64-pc-linux-gnu", "x86_64-linux-gnu"));
+        assert!(triples_match("aarch64-linux-gnu", "aarch64-linux-gnu"));
+        assert!(!triples_match("x86_64-linux-gnu", "aarch64-linux-gnu"));
+    }
+}

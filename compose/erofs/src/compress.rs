@@ -13,6 +13,11 @@
 //! block; the HC encoder at level 9 is also what `mkfs.erofs -zlz4hc` uses,
 //! so ratios are the real LZ4HC ones.
 //!
+//! A pcluster that would not hold more than a block of content stores the
+//! content as is. The last extent of a file is also prepared for tail
+//! packing (stored inline after the inode rather than in a block): as LZ4
+//! when that is shorter, as is otherwise.
+//!
 //! Every pcluster is decompressed again and compared before it is accepted:
 //! a mismatch is an encoder bug that would otherwise ship as silent image
 //! corruption, and LZ4 decompression costs a fraction of compression.
@@ -22,9 +27,9 @@ use crate::format::BLOCK_SIZE;
 use crate::source::Source;
 
 /// The most file content one pcluster may expand to. LZ4 could describe
-/// ~1 MiB of zeros in 4 KiB; the kernel accepts far larger extents, but a
-/// read of any byte decompresses from the extent start, so this bounds the
-/// work for one random read while leaving ratios of real data untouched.
+/// about 1 MiB of zeros in 4 KiB, and kernels accept up to 12 MiB, but a
+/// read of any byte decompresses from its extent's start: this bounds the
+/// work of one random read while leaving the ratios of real data untouched.
 pub const MAX_EXTENT: usize = 1 << 20;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,24 +75,25 @@ pub fn compress(
     algo: Algorithm,
 ) -> Result<Compressed, ErofsError> {
     let mut out = Compressed::default();
-    // window[head..] is the content from offset `start` on, refilled to two
-    // extents' worth whenever less than one is left, so the memmove of the
-    // consumed prefix happens once per MAX_EXTENT of input.
-    let mut window: Vec<u8> = Vec::new();
-    let mut head = 0usize;
+    // window[head..filled] is the content from offset `start` on, refilled
+    // to up to two extents' worth whenever less than one is left, so moving
+    // the unconsumed rest to the front happens once per MAX_EXTENT of input.
+    let cap = usize::try_from(size).map_or(2 * MAX_EXTENT, |s| s.min(2 * MAX_EXTENT));
+    let mut window = vec![0u8; cap];
+    let (mut head, mut filled) = (0usize, 0usize);
     let mut start = 0u64;
     let mut dst = vec![0u8; BLOCK_SIZE];
-    let mut check = vec![0u8; usize::try_from(size).map_or(MAX_EXTENT, |s| s.min(MAX_EXTENT))];
+    let mut check = vec![0u8; cap.min(MAX_EXTENT)];
     while start < size {
         let remaining = size - start;
         let want = remaining.min(MAX_EXTENT as u64) as usize;
-        if window.len() - head < want {
-            window.drain(..head);
+        if filled - head < want {
+            window.copy_within(head..filled, 0);
+            filled -= head;
             head = 0;
-            let target = remaining.min(2 * MAX_EXTENT as u64) as usize;
-            let old = window.len();
-            window.resize(target, 0);
-            src.fill(&mut window[old..])?;
+            let target = remaining.min(cap as u64) as usize;
+            src.fill(&mut window[filled..target])?;
+            filled = target;
         }
         let input = &window[head..head + want];
         // Content that fits a block anyway is stored as is: compressing it
@@ -101,7 +107,7 @@ pub fn compress(
             None
         };
         let block_start = out.blocks.len();
-        out.blocks.resize(block_start + BLOCK_SIZE, 0);
+        out.blocks.extend_from_slice(&[0u8; BLOCK_SIZE]);
         let block = &mut out.blocks[block_start..];
         let (len, compressed) = match packed {
             Some((read, wrote)) => {
@@ -118,12 +124,11 @@ pub fn compress(
                 block[..len].copy_from_slice(&input[..len]);
                 if len as u64 == remaining {
                     let raw = &input[..len];
-                    let packed = pack_all(raw, algo, &mut check).map_err(|detail| {
-                        ErofsError::Compress {
+                    let packed =
+                        pack_all(raw, algo, &mut check).map_err(|detail| ErofsError::Compress {
                             path: src.path().to_string(),
                             detail,
-                        }
-                    })?;
+                        })?;
                     out.tail_compressed = packed.is_some();
                     out.tail = packed.unwrap_or_else(|| raw.to_vec());
                 }
@@ -176,7 +181,9 @@ fn pack(
 fn pack_all(input: &[u8], algo: Algorithm, check: &mut [u8]) -> Result<Option<Vec<u8>>, String> {
     let mut out = Vec::new();
     let result = match algo {
-        Algorithm::Lz4 => lzzzz::lz4::compress_to_vec(input, &mut out, lzzzz::lz4::ACC_LEVEL_DEFAULT),
+        Algorithm::Lz4 => {
+            lzzzz::lz4::compress_to_vec(input, &mut out, lzzzz::lz4::ACC_LEVEL_DEFAULT)
+        }
         Algorithm::Lz4hc(level) => lzzzz::lz4_hc::compress_to_vec(input, &mut out, level),
     };
     result.map_err(|e| format!("lz4: {e}"))?;
@@ -186,7 +193,10 @@ fn pack_all(input: &[u8], algo: Algorithm, check: &mut [u8]) -> Result<Option<Ve
     let got = lzzzz::lz4::decompress(&out, &mut check[..input.len()])
         .map_err(|e| format!("lz4 round trip: {e}"))?;
     if got != input.len() || check[..got] != *input {
-        return Err(format!("lz4 round trip of {} bytes gave different content", input.len()));
+        return Err(format!(
+            "lz4 round trip of {} bytes gave different content",
+            input.len()
+        ));
     }
     Ok(Some(out))
 }

@@ -65,3 +65,37 @@ pub fn encode(entries: &[Entry<'_>], nids: &[u64], file_types: &[u8]) -> Vec<u8>
     out.truncate(size(entries) as usize);
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_fill_blocks_in_order_and_the_last_is_partial() {
+        // 12 + 9 = 21 bytes an entry: 195 fill 4095 bytes of a block.
+        let names: Vec<Vec<u8>> = (0..400)
+            .map(|i| format!("name-{i:04}").into_bytes())
+            .collect();
+        let entries: Vec<Entry<'_>> = names
+            .iter()
+            .enumerate()
+            .map(|(inode, name)| Entry { name, inode })
+            .collect();
+        let nids: Vec<u64> = (0..400).map(|i| 1000 + i).collect();
+        let bytes = encode(&entries, &nids, &[FT; 400]);
+        assert_eq!(size(&entries), (2 * BLOCK_SIZE + 10 * 21) as u64);
+        assert_eq!(bytes.len() as u64, size(&entries));
+
+        let second = &bytes[BLOCK_SIZE..];
+        assert_eq!(second[..8], 1195u64.to_le_bytes());
+        let nameoff = u16::from_le_bytes([second[8], second[9]]) as usize;
+        assert_eq!(nameoff, 195 * DIRENT_SIZE);
+        assert_eq!(second[10], FT);
+        assert_eq!(&second[nameoff..nameoff + 9], b"name-0195");
+        // The first block's last name is followed by zeros.
+        assert_eq!(&bytes[4095 - 9..4095], b"name-0194");
+        assert_eq!(bytes[4095], 0);
+    }
+
+    const FT: u8 = format::FT_REG_FILE;
+}

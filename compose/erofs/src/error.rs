@@ -12,6 +12,8 @@ pub enum ErofsError {
         host: PathBuf,
         source: io::Error,
     },
+    #[error("`{path}`: {reason}")]
+    BadTree { path: String, reason: String },
     #[error("`{path}` is {actual} bytes now but was {expected} when the image was planned")]
     SizeChanged {
         path: String,
@@ -26,6 +28,14 @@ pub enum ErofsError {
     NulInName { path: String },
     #[error("`{path}`: a symlink target must be 1 to 4095 bytes without NUL, not {len} bytes")]
     BadSymlink { path: String, len: usize },
+    #[error(
+        "`{path}`: device {major}:{minor} is out of Linux's range (major < 4096, minor < 2^20)"
+    )]
+    BadDevice {
+        path: String,
+        major: u32,
+        minor: u32,
+    },
     #[error(
         "`{path}`: xattr `{name}` has no EROFS name index (supported: user.*, trusted.*, \
          security.*, lustre.*, system.posix_acl_access, system.posix_acl_default)"

@@ -16,14 +16,25 @@
 //! order, then directory and long symlink blocks, then the remaining inodes.
 //! Writing file data first lets files stream through the compressor without
 //! being held in memory: the inode table only needs their resulting layout.
+//!
+//! What is written: 4 KiB blocks; compact inodes, or extended ones where ids,
+//! size or link count need them; inline xattrs; the last partial block of
+//! files, directories and symlinks inline after the inode where it fits;
+//! multi-block directories; hard links as one inode. Compressed files use
+//! LZ4 in one-block physical clusters with the compact (2-byte) map, as
+//! `mkfs.erofs` does, and by default pack their last cluster inline
+//! (`Options::tail_packing`). The superblock carries a CRC32C checksum.
 
 mod compress;
 mod crc;
 mod dir;
 mod error;
+mod files;
 mod format;
+mod image;
 mod meta;
 mod plan;
+mod record;
 mod source;
 mod writer;
 mod xattr;

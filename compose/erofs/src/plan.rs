@@ -95,7 +95,7 @@ pub fn inodes(tree: &Tree) -> Result<Vec<Inode<'_>>, ErofsError> {
             }
             Kind::CharDev { major, minor } => (
                 Content::Special {
-                    rdev: format::encode_dev(*major, *minor),
+                    rdev: device(path, *major, *minor)?,
                 },
                 format::S_IFCHR,
                 format::FT_CHRDEV,
@@ -103,7 +103,7 @@ pub fn inodes(tree: &Tree) -> Result<Vec<Inode<'_>>, ErofsError> {
             ),
             Kind::BlockDev { major, minor } => (
                 Content::Special {
-                    rdev: format::encode_dev(*major, *minor),
+                    rdev: device(path, *major, *minor)?,
                 },
                 format::S_IFBLK,
                 format::FT_BLKDEV,
@@ -153,14 +153,27 @@ pub fn inodes(tree: &Tree) -> Result<Vec<Inode<'_>>, ErofsError> {
                 path: path.to_string(),
             });
         }
-        // The tree guarantees parents and hard link targets exist.
-        let lookup = |p: &str| by_path.get(p).copied();
-        let inode = match &node.kind {
-            Kind::Hardlink(target) => lookup(target),
-            _ => lookup(path),
+        // `Tree::insert` checks parents and link targets, but `get_mut`
+        // can change a node's kind afterwards.
+        let broken = |reason: &str| ErofsError::BadTree {
+            path: path.to_string(),
+            reason: reason.to_string(),
         };
-        let (Some(inode), Some(parent)) = (inode, lookup(kiln_fstree::parent(path))) else {
-            continue;
+        let parent = by_path
+            .get(kiln_fstree::parent(path))
+            .copied()
+            .filter(|&p| matches!(inodes[p].content, Content::Dir(_)))
+            .ok_or_else(|| broken("its parent is not a directory"))?;
+        let inode = match &node.kind {
+            Kind::Hardlink(target) => by_path
+                .get(target.as_str())
+                .copied()
+                .filter(|&i| matches!(inodes[i].content, Content::File(_)))
+                .ok_or_else(|| broken("a hard link must point to a regular file"))?,
+            _ => by_path
+                .get(path)
+                .copied()
+                .ok_or_else(|| broken("missing from the inode table"))?,
         };
         if matches!(node.kind, Kind::Hardlink(_)) {
             inodes[inode].nlink += 1;
@@ -201,6 +214,19 @@ pub fn inodes(tree: &Tree) -> Result<Vec<Inode<'_>>, ErofsError> {
         }
     }
     Ok(inodes)
+}
+
+/// Linux device numbers have a 12-bit major and a 20-bit minor; anything
+/// wider cannot be a real device and would be silently truncated.
+fn device(path: &str, major: u32, minor: u32) -> Result<u32, ErofsError> {
+    if major > 0xfff || minor > 0xf_ffff {
+        return Err(ErofsError::BadDevice {
+            path: path.to_string(),
+            major,
+            minor,
+        });
+    }
+    Ok(format::encode_dev(major, minor))
 }
 
 pub fn read_error(path: &str, data: &Data, source: std::io::Error) -> ErofsError {

@@ -72,3 +72,41 @@ impl<'a> Source<'a> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shrunk_and_grown_files_are_reported() {
+        let data = Data::Bytes(vec![1, 2, 3]);
+        let mut src = Source::open("/f", &data, 5).unwrap();
+        let err = src.fill(&mut [0u8; 5]).unwrap_err();
+        assert!(matches!(
+            err,
+            ErofsError::SizeChanged {
+                expected: 5,
+                actual: 3,
+                ..
+            }
+        ));
+
+        let mut src = Source::open("/f", &data, 2).unwrap();
+        let mut buf = [0u8; 2];
+        src.fill(&mut buf).unwrap();
+        assert_eq!(buf, [1, 2]);
+        let err = src.finish().unwrap_err();
+        assert!(matches!(
+            err,
+            ErofsError::SizeChanged {
+                expected: 2,
+                actual: 3,
+                ..
+            }
+        ));
+
+        let mut src = Source::open("/f", &data, 3).unwrap();
+        src.fill(&mut [0u8; 3]).unwrap();
+        src.finish().unwrap();
+    }
+}

@@ -40,7 +40,11 @@ fn files_over_4_gib_get_extended_inodes() {
         },
     )
     .unwrap();
-    assert!(bytes.len() < 64 << 20, "zeros compress: {} bytes", bytes.len());
+    assert!(
+        bytes.len() < 64 << 20,
+        "zeros compress: {} bytes",
+        bytes.len()
+    );
 
     let fs = EroFS::new(SliceImage::new(&bytes)).unwrap();
     let file = fs.open("/huge").unwrap();
@@ -75,23 +79,78 @@ fn unrepresentable_inputs_are_errors_naming_the_path() {
         bad("/l", Node::symlink("x".repeat(4096))),
         ErofsError::BadSymlink { len: 4096, .. }
     ));
-    assert!(matches!(bad("/l", Node::symlink("")), ErofsError::BadSymlink { len: 0, .. }));
+    assert!(matches!(
+        bad("/l", Node::symlink("")),
+        ErofsError::BadSymlink { len: 0, .. }
+    ));
+
+    let dev = Node {
+        kind: Kind::CharDev {
+            major: 4096,
+            minor: 0,
+        },
+        ..Node::dir(0o600)
+    };
+    assert!(matches!(
+        bad("/dev", dev),
+        ErofsError::BadDevice { major: 4096, .. }
+    ));
 
     let mut node = Node::dir(0o755);
-    node.xattrs.insert("system.sockprotoname".into(), b"x".to_vec());
+    node.xattrs
+        .insert("system.sockprotoname".into(), b"x".to_vec());
     let err = bad("/x", node);
     assert!(matches!(&err, ErofsError::UnsupportedXattr { path, .. } if path == "/x"));
     assert!(err.to_string().contains("system.sockprotoname"), "{err}");
 
     let mut node = Node::dir(0o755);
     node.xattrs.insert("user.big".into(), vec![0; 70_000]);
-    assert!(matches!(bad("/x", node), ErofsError::XattrTooLarge { len: 70_000, .. }));
+    assert!(matches!(
+        bad("/x", node),
+        ErofsError::XattrTooLarge { len: 70_000, .. }
+    ));
 
     let missing = std::path::PathBuf::from("/nonexistent/kiln-erofs-test");
     let node = Node::file(Data::Path(missing), 0o644);
     let err = bad("/f", node);
-    assert!(matches!(&err, ErofsError::Read { path, .. } if path == "/f"), "{err}");
-    assert!(err.to_string().contains("/nonexistent/kiln-erofs-test"), "{err}");
+    assert!(
+        matches!(&err, ErofsError::Read { path, .. } if path == "/f"),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("/nonexistent/kiln-erofs-test"),
+        "{err}"
+    );
+}
+
+#[test]
+fn trees_broken_through_get_mut_are_errors() {
+    let mut tree = Tree::new();
+    tree.insert("/d", Node::dir(0o755)).unwrap();
+    tree.insert("/d/f", Node::file(Data::Bytes(vec![1]), 0o644))
+        .unwrap();
+    tree.insert(
+        "/l",
+        Node {
+            kind: Kind::Hardlink("/d/f".into()),
+            ..Node::dir(0)
+        },
+    )
+    .unwrap();
+    let mut no_file = tree.clone();
+    no_file.get_mut("/d/f").unwrap().kind = Kind::Fifo;
+    let err = write(&no_file, &Options::default()).unwrap_err();
+    assert!(
+        matches!(&err, ErofsError::BadTree { path, .. } if path == "/l"),
+        "{err}"
+    );
+    let mut no_dir = tree;
+    no_dir.get_mut("/d").unwrap().kind = Kind::Socket;
+    let err = write(&no_dir, &Options::default()).unwrap_err();
+    assert!(
+        matches!(&err, ErofsError::BadTree { path, .. } if path == "/d/f"),
+        "{err}"
+    );
 }
 
 #[test]

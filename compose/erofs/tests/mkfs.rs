@@ -23,7 +23,11 @@ fn mkfs(dir: &Path, name: &str, args: &[&str], src: &Path) -> u64 {
         .arg(src)
         .output()
         .expect("mkfs.erofs (erofs-utils) must be installed");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     fs::metadata(&image).unwrap().len()
 }
 
@@ -50,15 +54,30 @@ fn lz4hc_images_are_no_larger_than_mkfs_erofs() {
     let mkfs_hc = mkfs(dir.path(), "m-hc.img", &["-zlz4hc"], src);
     let mkfs_plain = mkfs(dir.path(), "m-plain.img", &[], src);
     println!("{}: {} paths", src.display(), tree.len());
-    println!("lz4hc:        kiln {} (no tail packing {}) vs mkfs.erofs -zlz4hc {}",
-        packed_summary.bytes, unpacked.bytes, mkfs_hc);
-    println!("uncompressed: kiln {} vs mkfs.erofs {}", plain.bytes, mkfs_plain);
+    println!(
+        "lz4hc:        kiln {} (no tail packing {}) vs mkfs.erofs -zlz4hc {}",
+        packed_summary.bytes, unpacked.bytes, mkfs_hc
+    );
+    println!(
+        "uncompressed: kiln {} vs mkfs.erofs {}",
+        plain.bytes, mkfs_plain
+    );
 
-    assert!(packed_summary.bytes <= mkfs_hc, "Kiln's LZ4HC image is larger than mkfs.erofs's");
+    assert!(
+        packed_summary.bytes <= mkfs_hc,
+        "Kiln's LZ4HC image is larger than mkfs.erofs's"
+    );
     // Without tail packing the layouts are the same as mkfs.erofs's; only
     // metadata placement differs.
-    assert!(unpacked.bytes * 1000 <= mkfs_hc * 1005, "{} vs {mkfs_hc}", unpacked.bytes);
-    assert!(plain.bytes.abs_diff(mkfs_plain) * 100 <= mkfs_plain, "uncompressed sizes diverge");
+    assert!(
+        unpacked.bytes * 1000 <= mkfs_hc * 1005,
+        "{} vs {mkfs_hc}",
+        unpacked.bytes
+    );
+    assert!(
+        plain.bytes.abs_diff(mkfs_plain) * 100 <= mkfs_plain,
+        "uncompressed sizes diverge"
+    );
 
     // And the image is right: fsck extracts the source tree.
     let out = dir.path().join("x");
@@ -69,5 +88,9 @@ fn lz4hc_images_are_no_larger_than_mkfs_erofs() {
         .arg(src)
         .output()
         .unwrap();
-    assert!(diff.status.success(), "{}", String::from_utf8_lossy(&diff.stdout));
+    assert!(
+        diff.status.success(),
+        "{}",
+        String::from_utf8_lossy(&diff.stdout)
+    );
 }

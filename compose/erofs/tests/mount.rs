@@ -67,11 +67,12 @@ fn xattrs(path: &Path) -> BTreeMap<String, Vec<u8>> {
     out
 }
 
-fn check_mounted(tree: &Tree, compression: Compression) {
+fn check_mounted(tree: &Tree, compression: Compression, tail_packing: bool) {
     let dir = tempfile::tempdir().unwrap();
     let opts = Options {
         compression,
         epoch: 1_234_567_890,
+        tail_packing,
         ..Options::default()
     };
     let (image, _) = write_image(dir.path(), "m.img", tree, &opts);
@@ -103,15 +104,20 @@ fn check_mounted(tree: &Tree, compression: Compression) {
 
 #[test]
 fn kernel_reads_uncompressed_image() {
-    check_mounted(&rich_tree(), Compression::None);
+    check_mounted(&rich_tree(), Compression::None, true);
 }
 
 #[test]
 fn kernel_reads_lz4_image() {
-    check_mounted(&rich_tree(), Compression::Lz4);
+    check_mounted(&rich_tree(), Compression::Lz4, true);
 }
 
 #[test]
 fn kernel_reads_lz4hc_image() {
-    check_mounted(&rich_tree(), Compression::Lz4hc { level: 9 });
+    check_mounted(&rich_tree(), Compression::Lz4hc { level: 9 }, true);
+}
+
+#[test]
+fn kernel_reads_lz4hc_image_without_tail_packing() {
+    check_mounted(&rich_tree(), Compression::Lz4hc { level: 12 }, false);
 }

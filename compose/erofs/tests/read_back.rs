@@ -35,7 +35,10 @@ fn check(tree: &Tree, opts: &Options) {
         let entry = entry.unwrap();
         let path = String::from_utf8(entry.dir_entry.path().as_bytes().to_vec()).unwrap();
         assert_eq!(entry.dir_entry.nid(), entry.inode.id());
-        assert!(found.insert(path.clone(), entry.inode).is_none(), "{path} twice");
+        assert!(
+            found.insert(path.clone(), entry.inode).is_none(),
+            "{path} twice"
+        );
     }
     let want: Vec<&str> = tree.iter().map(|(p, _)| p).collect();
     let got: Vec<&str> = found.keys().map(String::as_str).collect();
@@ -64,7 +67,11 @@ fn check(tree: &Tree, opts: &Options) {
         let inode = found[path];
         let nid = *nid_of.entry(target).or_insert(inode.id());
         assert_eq!(inode.id(), nid, "{path}: hard link identity");
-        assert_eq!(*owner_of.entry(nid).or_insert(target), target, "{path}: nid reused");
+        assert_eq!(
+            *owner_of.entry(nid).or_insert(target),
+            target,
+            "{path}: nid reused"
+        );
 
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(
@@ -72,8 +79,16 @@ fn check(tree: &Tree, opts: &Options) {
             u32::from(node.mode),
             "{path}: mode"
         );
-        assert_eq!((inode.uid(), inode.gid()), (node.uid, node.gid), "{path}: owner");
-        assert_eq!(inode.modified_unix(), (opts.epoch as i64, 0), "{path}: mtime");
+        assert_eq!(
+            (inode.uid(), inode.gid()),
+            (node.uid, node.gid),
+            "{path}: owner"
+        );
+        assert_eq!(
+            inode.modified_unix(),
+            (opts.epoch as i64, 0),
+            "{path}: mtime"
+        );
         let xattrs: BTreeMap<Vec<u8>, Vec<u8>> = node
             .xattrs
             .iter()
@@ -140,7 +155,10 @@ fn reads_back_an_empty_tree() {
 #[test]
 fn reads_back_the_lowest_and_highest_lz4hc_levels() {
     let tree = rich_tree();
-    for compression in [Compression::Lz4hc { level: 12 }, Compression::Lz4hc { level: 1 }] {
+    for compression in [
+        Compression::Lz4hc { level: 12 },
+        Compression::Lz4hc { level: 1 },
+    ] {
         check(
             &tree,
             &Options {

@@ -79,9 +79,16 @@ fn output_may_start_mid_stream() {
     let mut out = Cursor::new(vec![0xAA; 512]);
     out.seek(SeekFrom::End(0)).unwrap();
     let s = kiln_erofs::write(&tree, &opts, &mut out).unwrap();
-    assert_eq!(out.position(), 512 + s.bytes, "left positioned after the image");
+    assert_eq!(
+        out.position(),
+        512 + s.bytes,
+        "left positioned after the image"
+    );
     let bytes = out.into_inner();
-    assert!(bytes[..512].iter().all(|&b| b == 0xAA), "bytes before untouched");
+    assert!(
+        bytes[..512].iter().all(|&b| b == 0xAA),
+        "bytes before untouched"
+    );
     assert!(bytes[512..] == whole[..]);
 }
 
@@ -111,7 +118,10 @@ fn populate(root: &Path, reverse: bool, mtime: SystemTime) {
                 stack.push(e.path());
             }
             if !ft.is_symlink() {
-                fs::File::open(e.path()).unwrap().set_modified(mtime).unwrap();
+                fs::File::open(e.path())
+                    .unwrap()
+                    .set_modified(mtime)
+                    .unwrap();
             }
         }
         fs::File::open(&dir).unwrap().set_modified(mtime).unwrap();
