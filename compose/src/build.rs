@@ -379,7 +379,7 @@ pub fn run(ctx: &Context, opts: &Options, events: &dyn Events) -> Report {
                     .filter_map(|d| results.get(&d).and_then(NodeResult::output).map(|o| (d, o)))
                     .collect();
                 scope.spawn(move || {
-                    let log = ctx.log_path(&name);
+                    let log = live_log(ctx.store, &name, &key);
                     events.event(&Event::Started {
                         recipe: name.clone(),
                         key: key.to_hex(),
@@ -490,6 +490,19 @@ fn finish(
     }
 }
 
+/// Where a build of `name` with `key` works; unique per process so two
+/// kiln processes building the same key don't share scratch space.
+fn work_dir(store: &Store, name: &str, key: &Digest) -> PathBuf {
+    let dir = format!("{name}-{}-{}", &key.to_hex()[..12], std::process::id());
+    store.root().join("work").join(dir)
+}
+
+/// The log a running build writes (the progress display reads its step headers);
+/// it is copied to `logs/<board>/<recipe>.log` when the build ends.
+fn live_log(store: &Store, name: &str, key: &Digest) -> PathBuf {
+    work_dir(store, name, key).join("build.log")
+}
+
 /// A build's scratch space, removed when dropped whatever happened.
 struct WorkDir(PathBuf);
 
@@ -536,12 +549,7 @@ fn build_node(
 ) -> Result<Digest, String> {
     let recipe = ctx.recipe(name);
     let store = ctx.store;
-    let work = WorkDir(store.root().join("work").join(format!(
-        "{}-{}-{}",
-        name,
-        &key.to_hex()[..12],
-        std::process::id()
-    )));
+    let work = WorkDir(work_dir(store, name, &key));
     remove_tree(&work.0);
     let src = work.0.join("src");
     let out = work.0.join("out");
@@ -549,7 +557,7 @@ fn build_node(
     for d in [&src, &out, &scratch] {
         std::fs::create_dir_all(d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
     }
-    let log = work.0.join("build.log");
+    let log = live_log(store, name, &key);
 
     prepare_sources(recipe, fetcher, store, &src)?;
 

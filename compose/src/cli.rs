@@ -467,13 +467,28 @@ fn link_result(target: &Path, link: &Path) {
     }
 }
 
-fn cmd_show(s: &Session, recipe: &str, board: Option<&str>) -> CliResult {
+/// Evaluates `board`, plans `recipe` and runs `f` with the build context.
+fn with_recipe(
+    s: &Session,
+    recipe: &str,
+    board: Option<&str>,
+    f: impl FnOnce(&Context, &str) -> CliResult,
+) -> CliResult {
     let board = s.board_name(board)?;
     let eval = s.evaluate(&board)?;
     let roots = recipe_root(s, &eval, recipe)?;
     let plan = s.plan(&eval, &roots)?;
     let store = s.store()?;
     let ctx = context(s, &eval, &plan, &store)?;
+    f(&ctx, &board)
+}
+
+fn cmd_show(s: &Session, recipe: &str, board: Option<&str>) -> CliResult {
+    with_recipe(s, recipe, board, |ctx, _| show(ctx, recipe))
+}
+
+fn show(ctx: &Context, recipe: &str) -> CliResult {
+    let (eval, plan) = (ctx.eval, ctx.plan);
     let drv = ctx.derivations();
     let keys = ctx.resolve_keys();
     let r = &eval.recipes[recipe];
@@ -533,12 +548,11 @@ fn cmd_graph(s: &Session, board: Option<&str>, format: GraphFormat) -> CliResult
 }
 
 fn cmd_why(s: &Session, recipe: &str, board: Option<&str>) -> CliResult {
-    let board = s.board_name(board)?;
-    let eval = s.evaluate(&board)?;
-    let roots = recipe_root(s, &eval, recipe)?;
-    let plan = s.plan(&eval, &roots)?;
-    let store = s.store()?;
-    let ctx = context(s, &eval, &plan, &store)?;
+    with_recipe(s, recipe, board, |ctx, board| why(ctx, recipe, board))
+}
+
+fn why(ctx: &Context, recipe: &str, board: &str) -> CliResult {
+    let plan = ctx.plan;
     let Some(last) = ctx.last_inputs(recipe) else {
         println!("{recipe}: never built for board {board} with this store; `kiln build {recipe} --board {board}` builds it");
         return Ok(());

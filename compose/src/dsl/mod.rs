@@ -79,23 +79,23 @@ impl Project {
 
     /// Every recipe script, sorted so evaluation order (and errors) are stable.
     pub fn recipe_files(&self) -> std::io::Result<Vec<PathBuf>> {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(self.recipes_dir())?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "rhai") && p.is_file())
-            .collect();
-        files.sort();
-        Ok(files)
+        rhai_files(&self.recipes_dir())
     }
 
     /// Every board file, sorted.
     pub fn board_files(&self) -> std::io::Result<Vec<PathBuf>> {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(self.boards_dir())?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "rhai") && p.is_file())
-            .collect();
-        files.sort();
-        Ok(files)
+        rhai_files(&self.boards_dir())
     }
+}
+
+/// The `.rhai` files directly in `dir`, sorted (subdirectories hold files and modules).
+fn rhai_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "rhai") && p.is_file())
+        .collect();
+    files.sort();
+    Ok(files)
 }
 
 /// A board and every recipe, as data, with the board's overrides applied.
