@@ -76,7 +76,7 @@ pub trait Events: Sync {
 pub struct Options {
     pub jobs: usize,
     pub keep_going: bool,
-    pub fetcher_mirrors: Vec<fetch::Mirror>,
+    pub mirrors: Vec<fetch::Mirror>,
     pub offline: bool,
     /// The `kiln` executable, re-run as `kiln __sandbox SPEC` for each build.
     pub sandbox_helper: PathBuf,
@@ -289,7 +289,7 @@ pub fn run(ctx: &Context, opts: &Options, events: &dyn Events) -> Report {
 
     let jobs = opts.jobs.max(1);
     let jobserver = jobserver::Client::new(jobs).ok();
-    let fetcher = Fetcher::new(ctx.store, opts.fetcher_mirrors.clone(), opts.offline);
+    let fetcher = Fetcher::new(ctx.store, opts.mirrors.clone(), opts.offline);
 
     let mut waiting: BTreeMap<String, usize> = plan
         .order

@@ -401,7 +401,7 @@ fn cmd_build(
     let opts = Options {
         jobs,
         keep_going,
-        fetcher_mirrors: s.mirrors.clone(),
+        mirrors: s.mirrors.clone(),
         offline: s.offline,
         sandbox_helper: exe,
     };
