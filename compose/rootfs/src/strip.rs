@@ -1,0 +1,171 @@
+//! Stripping ELF files for the image, without touching the store.
+//!
+//! Package outputs keep their symbols (the store is shared, and debugging
+//! needs them); the image gets stripped copies. Each copy is written to a
+//! scratch directory, named by the blake3 of its input, and the tree's data
+//! is pointed at it: the package's files are never modified.
+//!
+//! Per kind of file, like Debian's `dh_strip`:
+//! - executables (`ET_EXEC`, or `ET_DYN` with an interpreter, i.e. PIE):
+//!   `--strip-all`;
+//! - shared libraries (`ET_DYN` without an interpreter): `--strip-unneeded`,
+//!   which keeps what relocation processing needs;
+//! - relocatable objects (kernel modules, `.o`) are left alone: stripping
+//!   would drop module signatures and the symbols a link needs.
+//!
+//! Always `--enable-deterministic-archives` (no timestamps, uids or modes in
+//! archive headers), and `.gnu_debuglink` and `.comment` removed: the image
+//! carries no debug link to files it doesn't have, and no compiler banner.
+//! `strip` itself is deterministic, so the same input gives the same bytes.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use kiln_fstree::{Data, Kind, Tree};
+
+use crate::closure::is_skipped;
+use crate::elf::{host_path, read_if_elf, ElfInfo, ET_DYN, ET_EXEC};
+use crate::error::{IoContext, RootfsError};
+
+/// Flags every strip run gets, after the per-kind one.
+const COMMON: [&str; 3] = [
+    "--enable-deterministic-archives",
+    "--remove-section=.gnu_debuglink",
+    "--remove-section=.comment",
+];
+
+/// What [`strip`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StripReport {
+    /// Files now pointing at a stripped copy.
+    pub stripped: Vec<String>,
+    /// ELF files strip left byte-identical (already stripped); they keep
+    /// their original data.
+    pub unchanged: usize,
+    /// Total size of the stripped files before and after.
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+}
+
+/// Strips every ELF executable and shared library of `tree` (outside the
+/// `skip` path prefixes) with the target's `strip` command (e.g.
+/// `aarch64-linux-gnu-strip`), writing the results under `work_dir` and
+/// pointing the tree at them. `work_dir` must outlive the tree's use
+/// (the image writer reads from it); the caller removes it.
+pub fn strip(
+    tree: &mut Tree,
+    strip: &str,
+    work_dir: &Path,
+    skip: &[String],
+) -> Result<StripReport, RootfsError> {
+    fs::create_dir_all(work_dir).at(work_dir)?;
+    let paths: Vec<String> = tree
+        .iter()
+        .filter(|(p, n)| matches!(n.kind, Kind::File(_)) && !is_skipped(p, skip))
+        .map(|(p, _)| p.to_string())
+        .collect();
+    let mut report = StripReport::default();
+    // Input digest → stripped copy (None: strip changed nothing).
+    let mut done: HashMap<blake3::Hash, Option<PathBuf>> = HashMap::new();
+    for path in paths {
+        let Some(Kind::File(data)) = tree.get(&path).map(|n| &n.kind) else {
+            continue;
+        };
+        let data = data.clone();
+        let Some(bytes) = read_if_elf(&data).at(host_path(&path, &data))? else {
+            continue;
+        };
+        let info = ElfInfo::parse(&bytes).map_err(|reason| RootfsError::Elf {
+            path: path.clone(),
+            reason,
+        })?;
+        let how = match info.e_type {
+            ET_EXEC => "--strip-all",
+            ET_DYN if info.has_interp => "--strip-all",
+            ET_DYN => "--strip-unneeded",
+            _ => continue,
+        };
+        let digest = blake3::hash(&bytes);
+        let copy = match done.get(&digest) {
+            Some(copy) => copy.clone(),
+            None => {
+                let copy = strip_one(strip, how, &path, &data, &bytes, &digest, work_dir)?;
+                done.insert(digest, copy.clone());
+                copy
+            }
+        };
+        match copy {
+            Some(out) => {
+                report.bytes_before += bytes.len() as u64;
+                report.bytes_after += fs::metadata(&out).at(&out)?.len();
+                if let Some(node) = tree.get_mut(&path) {
+                    node.kind = Kind::File(Data::Path(out));
+                }
+                report.stripped.push(path);
+            }
+            None => report.unchanged += 1,
+        }
+    }
+    Ok(report)
+}
+
+/// Runs strip on one file; the stripped copy, or `None` if strip changed
+/// nothing.
+fn strip_one(
+    strip: &str,
+    how: &str,
+    path: &str,
+    data: &Data,
+    bytes: &[u8],
+    digest: &blake3::Hash,
+    work_dir: &Path,
+) -> Result<Option<PathBuf>, RootfsError> {
+    let name = format!("{}{how}", digest.to_hex());
+    let out = work_dir.join(&name);
+    let tmp = work_dir.join(format!("{name}.tmp"));
+    let input = match data {
+        Data::Path(p) => p.clone(),
+        Data::Bytes(b) => {
+            let input = work_dir.join(format!("{name}.in"));
+            fs::write(&input, b).at(&input)?;
+            input
+        }
+    };
+    let result = Command::new(strip)
+        .arg(how)
+        .args(COMMON)
+        .arg("-o")
+        .arg(&tmp)
+        .arg(&input)
+        .stdin(Stdio::null())
+        .output();
+    if matches!(data, Data::Bytes(_)) {
+        fs::remove_file(&input).at(&input)?;
+    }
+    let command = format!("{strip} {how} {} -o {}", COMMON.join(" "), tmp.display());
+    let output = result.map_err(|e| RootfsError::Strip {
+        path: path.to_string(),
+        command: command.clone(),
+        status: "could not run".into(),
+        stderr: e.to_string(),
+    })?;
+    if !output.status.success() {
+        // Best effort: the failure is what gets reported.
+        let _ = fs::remove_file(&tmp);
+        return Err(RootfsError::Strip {
+            path: path.to_string(),
+            command,
+            status: output.status.to_string(),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        });
+    }
+    let stripped = fs::read(&tmp).at(&tmp)?;
+    if stripped == bytes {
+        fs::remove_file(&tmp).at(&tmp)?;
+        return Ok(None);
+    }
+    fs::rename(&tmp, &out).at(&out)?;
+    Ok(Some(out))
+}
