@@ -10,7 +10,7 @@ use kiln_cache::{Root, Store};
 use serde::Deserialize;
 
 use crate::build::{self, Context, Options};
-use crate::diag::{Diagnostic, Diagnostics};
+use crate::diag::Diagnostics;
 use crate::dsl::{self, Evaluation, Project};
 use crate::fetch::Mirror;
 use crate::graph::{self, Plan};
@@ -305,22 +305,32 @@ fn recipe_root(
     recipe: &str,
 ) -> Result<Vec<(String, Span)>, Failure> {
     if !eval.recipes.contains_key(recipe) {
-        let d = Diagnostic::new(
-            Span {
-                file: s.project.rel(&s.project.recipes_dir()),
-                line: 0,
-                column: 0,
-            },
-            format!("no recipe named `{recipe}`"),
-        );
-        let d = match crate::diag::did_you_mean(recipe, eval.recipes.keys().map(String::as_str)) {
-            Some(m) => d.help(format!("did you mean `{m}`?")),
-            None => d.help(format!(
-                "recipes: {}",
-                eval.recipes.keys().cloned().collect::<Vec<_>>().join(", ")
-            )),
+        // A command-line mistake, not a place in a file: no span to show.
+        let boards: Vec<String> = s
+            .project
+            .board_files()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|p| p.file_stem().map(|n| n.to_string_lossy().to_string()))
+            .collect();
+        let names = eval
+            .recipes
+            .keys()
+            .map(String::as_str)
+            .chain(boards.iter().map(String::as_str));
+        let hint = match crate::diag::did_you_mean(recipe, names) {
+            Some(m) => format!("did you mean `{m}`?"),
+            None => format!(
+                "recipes: {}; boards: {}",
+                eval.recipes.keys().cloned().collect::<Vec<_>>().join(", "),
+                boards.join(", ")
+            ),
         };
-        return Err(s.diagnostics(d.into()));
+        return Err(Failure::usage(format!(
+            "error: `{recipe}` is neither a recipe in {} nor a board in {}\n  = help: {hint}",
+            s.project.rel(&s.project.recipes_dir()).display(),
+            s.project.rel(&s.project.boards_dir()).display(),
+        )));
     }
     Ok(vec![(
         recipe.to_string(),

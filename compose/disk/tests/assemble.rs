@@ -70,7 +70,14 @@ fn kernel(dir: &Path) -> PathBuf {
 fn write_fat(tree: &Tree, layout: &Layout, path: &Path) -> kiln_disk::FatSummary {
     let mut opts = FatOptions::new(layout.get(Role::Boot).unwrap().size_bytes());
     opts.epoch = EPOCH;
-    let mut f = fs::File::create(path).unwrap();
+    // fatfs reads back what it writes: open read-write.
+    let mut f = fs::File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .unwrap();
     fat::write(tree, &opts, &mut f).unwrap()
 }
 
