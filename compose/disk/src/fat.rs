@@ -6,6 +6,9 @@
 //! order of their names, so fatfs allocates the same clusters and generates
 //! the same short names every time.
 //!
+//! fatfs 0.3.6 writes the `.` and `..` entries of new directories wrongly;
+//! [`dots`] repairs them on the raw volume afterwards (see there).
+//!
 //! FAT stores no owners, modes or xattrs: modes and owners are dropped
 //! (the boot partition's mount options decide them on the device); xattrs,
 //! symlinks, hard links and special files are refused with an error naming
@@ -14,6 +17,7 @@
 //! anything is written.
 
 mod clock;
+mod dots;
 mod geometry;
 mod plan;
 
@@ -120,7 +124,8 @@ pub fn write<S: Read + Write + Seek>(
         let what = what.to_string();
         move |source| FatError::Write { what, source }
     };
-    out.seek(SeekFrom::Start(0)).map_err(fail("the boot sector"))?;
+    out.seek(SeekFrom::Start(0))
+        .map_err(fail("the boot sector"))?;
     let format = FormatVolumeOptions::new()
         .bytes_per_sector(512)
         .total_sectors(geo.total_sectors)
@@ -151,8 +156,11 @@ pub fn write<S: Read + Write + Seek>(
     add_dir(&fs.root_dir(), tree, "/")?;
     let stats = fs.stats().map_err(fail("the FAT"))?;
     fs.unmount().map_err(fail("the FSInfo sector"))?;
+    dots::fix(&mut *out).map_err(fail("the directories' dot entries"))?;
 
-    let end = out.seek(SeekFrom::End(0)).map_err(fail("the last sector"))?;
+    let end = out
+        .seek(SeekFrom::End(0))
+        .map_err(fail("the last sector"))?;
     if end < opts.size_bytes {
         out.seek(SeekFrom::Start(opts.size_bytes - 1))
             .and_then(|_| out.write_all(&[0]))
@@ -396,7 +404,11 @@ mod tests {
         for mib in [4u64, 8, 32, 33, 34, 36, 40, 100, 260, 264] {
             let opts = FatOptions::new(mib << 20);
             let (img, s) = format(&tree(), &opts);
-            assert_eq!(s.used_clusters + s.free_clusters, s.total_clusters, "{mib} MiB");
+            assert_eq!(
+                s.used_clusters + s.free_clusters,
+                s.total_clusters,
+                "{mib} MiB"
+            );
             let bits = match s.kind {
                 FatKind::Fat16 => 16,
                 FatKind::Fat32 => 32,
@@ -410,7 +422,10 @@ mod tests {
         let mut t = tree();
         t.insert("/link", Node::symlink("config.json")).unwrap();
         let e = write(&t, &FatOptions::new(40 << 20), &mut Cursor::new(Vec::new())).unwrap_err();
-        assert!(matches!(e, FatError::Unsupported { ref path, kind: "symlink" } if path == "/link"), "{e}");
+        assert!(
+            matches!(e, FatError::Unsupported { ref path, kind: "symlink" } if path == "/link"),
+            "{e}"
+        );
 
         let mut t = tree();
         t.insert("/CONFIG.JSON", Node::file(Data::Bytes(vec![]), 0o644))
@@ -439,8 +454,11 @@ mod tests {
         // A-RATH~1.DTB; creating that name afterwards would open the
         // first file instead of making a second.
         let mut t = tree();
-        t.insert("/overlays/a-rath~1.dtb", Node::file(Data::Bytes(vec![2]), 0o644))
-            .unwrap();
+        t.insert(
+            "/overlays/a-rath~1.dtb",
+            Node::file(Data::Bytes(vec![2]), 0o644),
+        )
+        .unwrap();
         let r = write(&t, &FatOptions::new(40 << 20), &mut Cursor::new(Vec::new()));
         assert!(matches!(r, Err(FatError::Merged { .. })), "{r:?}");
     }

@@ -123,7 +123,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(sums.image, <[u8; 32]>::from(Sha256::digest(data)));
-        assert_eq!(sums.ranges[1], <[u8; 32]>::from(Sha256::digest(&data[5..20])));
+        assert_eq!(
+            sums.ranges[1],
+            <[u8; 32]>::from(Sha256::digest(&data[5..20]))
+        );
         std::fs::read(dir.path().join("zst")).unwrap()
     }
 

@@ -153,7 +153,15 @@ pub fn assemble(
         .map_err(ImageError::io(&img_tmp.path))?;
     for (p, size) in layout.partitions.iter().zip(&sizes) {
         if let Content::Image(src) = contents.get(p.role) {
-            copy_partition(p.label(), src, *size, &img, p.start_bytes(), p.size_bytes(), &img_tmp.path)?;
+            copy_partition(
+                p.label(),
+                src,
+                *size,
+                &img,
+                p.start_bytes(),
+                p.size_bytes(),
+                &img_tmp.path,
+            )?;
         }
     }
     write_partition_table(layout, &ids, &mut &img)?;
@@ -165,9 +173,9 @@ pub fn assemble(
         .iter()
         .map(|p| (p.start_bytes(), p.start_bytes() + p.size_bytes()))
         .collect();
-    let workers = opts.zstd_workers.unwrap_or_else(|| {
-        std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
-    });
+    let workers = opts
+        .zstd_workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
     let sums = finish::hash_and_compress(
         &img,
         layout.disk_bytes(),

@@ -59,7 +59,13 @@ pub enum Role {
 }
 
 impl Role {
-    pub const ALL: [Role; 5] = [Role::Boot, Role::RootA, Role::RootB, Role::State, Role::Data];
+    pub const ALL: [Role; 5] = [
+        Role::Boot,
+        Role::RootA,
+        Role::RootB,
+        Role::State,
+        Role::Data,
+    ];
 
     /// The filesystem label, which is also the GPT partition name; balenaOS
     /// mounts partitions by these (`/dev/disk/by-label/resin-boot`).
@@ -258,7 +264,15 @@ impl LayoutSpec {
                 };
                 let linux = PartitionType::Mbr(MBR_LINUX);
                 let s = take(boot, 0)?;
-                part(Role::Boot, 1, s, boot, PartitionType::Mbr(boot_type), true, None);
+                part(
+                    Role::Boot,
+                    1,
+                    s,
+                    boot,
+                    PartitionType::Mbr(boot_type),
+                    true,
+                    None,
+                );
                 let s = take(root, 0)?;
                 part(Role::RootA, 2, s, root, linux, false, None);
                 let s = take(root, 0)?;
@@ -290,7 +304,15 @@ impl LayoutSpec {
             TableKind::Gpt => {
                 let linux = PartitionType::Gpt(Guid::LINUX_FS);
                 let s = take(boot, 0)?;
-                part(Role::Boot, 1, s, boot, PartitionType::Gpt(GPT_BOOT_TYPE), true, None);
+                part(
+                    Role::Boot,
+                    1,
+                    s,
+                    boot,
+                    PartitionType::Gpt(GPT_BOOT_TYPE),
+                    true,
+                    None,
+                );
                 let s = take(root, 0)?;
                 part(Role::RootA, 2, s, root, linux, false, None);
                 let s = take(root, 0)?;
@@ -649,7 +671,10 @@ mod tests {
         let mut spec = LayoutSpec::balena_defaults(TableKind::Mbr);
         spec.data_bytes = 3 << 40;
         let e = spec.compute().unwrap_err();
-        assert!(matches!(e, LayoutError::MbrLimit { ref label, .. } if label == "resin-data" || label == "extended"), "{e}");
+        assert!(
+            matches!(e, LayoutError::MbrLimit { ref label, .. } if label == "resin-data" || label == "extended"),
+            "{e}"
+        );
         spec.table = TableKind::Gpt;
         spec.compute().unwrap();
     }

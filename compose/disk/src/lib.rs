@@ -30,11 +30,9 @@ pub use error::{FatError, ImageError, LayoutError};
 pub use fat::{FatKind, FatOptions, FatSummary};
 pub use guid::Guid;
 pub use ids::DiskIds;
-pub use image::{
-    assemble, hex, Content, Contents, DiskSummary, ImageOptions, PartitionSummary,
-};
+pub use image::{assemble, hex, Content, Contents, DiskSummary, ImageOptions, PartitionSummary};
 pub use layout::{
-    Extended, Layout, LayoutSpec, Partition, PartitionType, Role, TableKind, GPT_BOOT_TYPE, MIB,
-    MBR_EXTENDED_LBA, MBR_FAT16_LBA, MBR_FAT32_LBA, MBR_LINUX, SECTOR,
+    Extended, Layout, LayoutSpec, Partition, PartitionType, Role, TableKind, GPT_BOOT_TYPE,
+    MBR_EXTENDED_LBA, MBR_FAT16_LBA, MBR_FAT32_LBA, MBR_LINUX, MIB, SECTOR,
 };
 pub use table::write_partition_table;

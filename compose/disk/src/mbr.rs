@@ -53,12 +53,7 @@ pub(crate) fn write<W: Write + Seek>(
         let ebr_lba = p.ebr.unwrap_or(p.start.saturating_sub(1));
         let mut ebr = MBRHeader::new([0; 4]);
         // The partition, relative to its own EBR.
-        ebr.partition_1 = entry(
-            mbr_type(&p.ptype),
-            p.start - ebr_lba,
-            p.sectors,
-            p.bootable,
-        )?;
+        ebr.partition_1 = entry(mbr_type(&p.ptype), p.start - ebr_lba, p.sectors, p.bootable)?;
         // The link to the next EBR, relative to the extended partition,
         // covering the next EBR through the end of its partition.
         if let Some(next) = logical.get(i + 1) {
@@ -86,7 +81,12 @@ fn mbr_type(t: &PartitionType) -> u8 {
     }
 }
 
-fn entry(sys: u8, start: u64, sectors: u64, bootable: bool) -> Result<MBRPartitionEntry, ImageError> {
+fn entry(
+    sys: u8,
+    start: u64,
+    sectors: u64,
+    bootable: bool,
+) -> Result<MBRPartitionEntry, ImageError> {
     // Layout::validate already refuses these; this keeps a bug from
     // truncating a number silently.
     let too_big = || {

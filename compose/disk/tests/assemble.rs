@@ -31,11 +31,15 @@ fn boot_tree(host_file: &Path) -> Tree {
     let mut t = Tree::new();
     t.mkdir_p("/overlays").unwrap();
     t.mkdir_p("/system-connections").unwrap();
+    // Nested, so a `..` points at a directory other than the root.
+    t.mkdir_p("/EFI/BOOT").unwrap();
     let file = |b: &[u8]| Node::file(Data::Bytes(b.to_vec()), 0o644);
     t.insert("/config.json", file(br#"{"deviceType":"raspberrypi4-64"}"#))
         .unwrap();
     t.insert("/os-release", file(b"ID=kiln\n")).unwrap();
     t.insert("/empty", file(b"")).unwrap();
+    t.insert("/EFI/BOOT/BOOTAA64.EFI", file(b"MZ not really"))
+        .unwrap();
     t.insert("/Ünïcode name.txt", file(b"utf-16 long name"))
         .unwrap();
     t.insert(
@@ -90,7 +94,12 @@ fn erofs(dir: &Path) -> PathBuf {
     let img = dir.join("root.erofs");
     run(
         "mkfs.erofs",
-        &["-T0", "--all-root", img.to_str().unwrap(), src.to_str().unwrap()],
+        &[
+            "-T0",
+            "--all-root",
+            img.to_str().unwrap(),
+            src.to_str().unwrap(),
+        ],
     );
     img
 }
@@ -101,7 +110,15 @@ fn ext4(dir: &Path, bytes: u64) -> PathBuf {
     fs::File::create(&img).unwrap().set_len(bytes).unwrap();
     run(
         "mke2fs",
-        &["-q", "-F", "-t", "ext4", "-L", "resin-state", img.to_str().unwrap()],
+        &[
+            "-q",
+            "-F",
+            "-t",
+            "ext4",
+            "-L",
+            "resin-state",
+            img.to_str().unwrap(),
+        ],
     );
     img
 }
@@ -173,7 +190,10 @@ fn boot_root_and_state_land_at_their_offsets() {
         assert!(range[..src.len()] == src[..], "{} differs", p.label());
         assert!(range[src.len()..].iter().all(|&x| x == 0), "{}", p.label());
     }
-    assert_eq!(s.partitions[4].partuuid, format!("{:08x}-06", s.ids.mbr_signature));
+    assert_eq!(
+        s.partitions[4].partuuid,
+        format!("{:08x}-06", s.ids.mbr_signature)
+    );
 
     // The boot partition, cut out of the image, is a clean FAT32 volume
     // with our label, volume ID and files.
@@ -185,19 +205,44 @@ fn boot_root_and_state_land_at_their_offsets() {
     assert!(!fsck.contains("differ") && !fsck.contains("?"), "{fsck}");
     let blkid = run("blkid", &["-p", "-o", "export", boot_s]);
     assert!(blkid.contains("LABEL=resin-boot\n"), "{blkid}");
-    assert!(blkid.contains("TYPE=vfat\n") && blkid.contains("VERSION=FAT32\n"), "{blkid}");
-    assert!(blkid.contains(&format!("UUID={}\n", b.fat.volume_id_string())), "{blkid}");
+    assert!(
+        blkid.contains("TYPE=vfat\n") && blkid.contains("VERSION=FAT32\n"),
+        "{blkid}"
+    );
+    assert!(
+        blkid.contains(&format!("UUID={}\n", b.fat.volume_id_string())),
+        "{blkid}"
+    );
 
     // mtools lists every file with the epoch as its time (FAT has 2 s
     // resolution; 22:13:20 is even) and copies the tree back out.
     let listing = run("mdir", &["-i", boot_s, "-/", "-a", "::"]);
-    for name in ["config.json", "os-release", "empty", "Ünïcode name.txt", "kernel8.img", "vc4-kms-v3d-pi4.dtbo"] {
+    for name in [
+        "config.json",
+        "os-release",
+        "empty",
+        "Ünïcode name.txt",
+        "kernel8.img",
+        "vc4-kms-v3d-pi4.dtbo",
+        "BOOTAA64.EFI",
+    ] {
         assert!(listing.contains(name), "{name} missing:\n{listing}");
     }
     assert!(listing.contains("2023-11-14  22:13"), "{listing}");
     let back = b.dir.join("back");
     fs::create_dir(&back).unwrap();
-    run("mcopy", &["-s", "-n", "-m", "-i", boot_s, "::/*", back.to_str().unwrap()]);
+    run(
+        "mcopy",
+        &[
+            "-s",
+            "-n",
+            "-m",
+            "-i",
+            boot_s,
+            "::/*",
+            back.to_str().unwrap(),
+        ],
+    );
     let mtime = fs::metadata(back.join("config.json")).unwrap().mtime();
     assert_eq!(mtime as u64, EPOCH, "times are UTC");
     let tree = boot_tree(&b.dir.join("kernel8.img"));
@@ -212,7 +257,7 @@ fn boot_root_and_state_land_at_their_offsets() {
             _ => assert!(host.is_dir(), "{path}"),
         }
     }
-    assert_eq!(count, 6);
+    assert_eq!(count, 7);
 }
 
 #[test]
@@ -250,7 +295,13 @@ fn two_assemblies_are_identical() {
     assert_eq!(one.partitions, two.partitions);
     assert!(fs::read(&one.compressed).unwrap() == fs::read(&two.compressed).unwrap());
     // Other content hash: other ids, so another image.
-    let three = assemble(&b.layout, &contents(&b), &ImageOptions::new([10; 32]), &b.dir.join("three.img")).unwrap();
+    let three = assemble(
+        &b.layout,
+        &contents(&b),
+        &ImageOptions::new([10; 32]),
+        &b.dir.join("three.img"),
+    )
+    .unwrap();
     assert_ne!(one.sha256, three.sha256);
     assert_ne!(one.ids.mbr_signature, three.ids.mbr_signature);
     assert_eq!(one.partitions[1].sha256, three.partitions[1].sha256);
@@ -262,11 +313,20 @@ fn zst_decompresses_to_the_image() {
     let out = b.dir.join("kiln.img");
     let s = assemble(&b.layout, &contents(&b), &ImageOptions::new([11; 32]), &out).unwrap();
     assert_eq!(s.compressed, b.dir.join("kiln.img.zst"));
-    assert_eq!(s.compressed_bytes, fs::metadata(&s.compressed).unwrap().len());
+    assert_eq!(
+        s.compressed_bytes,
+        fs::metadata(&s.compressed).unwrap().len()
+    );
     let back = b.dir.join("back.img");
     run(
         "zstd",
-        &["-q", "-d", s.compressed.to_str().unwrap(), "-o", back.to_str().unwrap()],
+        &[
+            "-q",
+            "-d",
+            s.compressed.to_str().unwrap(),
+            "-o",
+            back.to_str().unwrap(),
+        ],
     );
     run("cmp", &[out.to_str().unwrap(), back.to_str().unwrap()]);
     assert!(s.compressed_bytes < s.size_bytes / 10, "{s:?}");
@@ -275,26 +335,44 @@ fn zst_decompresses_to_the_image() {
 #[test]
 fn an_empty_balena_image_is_sparse() {
     let dir = tempfile::tempdir().unwrap();
-    let layout = LayoutSpec::balena_defaults(TableKind::Mbr).compute().unwrap();
+    let layout = LayoutSpec::balena_defaults(TableKind::Mbr)
+        .compute()
+        .unwrap();
     let out = dir.path().join("empty.img");
-    let s = assemble(&layout, &Contents::empty(), &ImageOptions::new([0; 32]), &out).unwrap();
+    let s = assemble(
+        &layout,
+        &Contents::empty(),
+        &ImageOptions::new([0; 32]),
+        &out,
+    )
+    .unwrap();
     let meta = fs::metadata(&out).unwrap();
     assert_eq!(meta.len(), 904 * MIB);
     // The MBR and two EBRs: three 4 KiB blocks at most, plus slack for
     // filesystems that allocate larger extents.
-    assert!(meta.blocks() * 512 <= 1 << 20, "{} bytes allocated", meta.blocks() * 512);
+    assert!(
+        meta.blocks() * 512 <= 1 << 20,
+        "{} bytes allocated",
+        meta.blocks() * 512
+    );
     assert_eq!(s.allocated_bytes, meta.blocks() * 512);
     // An empty partition's checksum is that of zeros.
     let state = &s.partitions[3];
     assert_eq!(state.label, "resin-state");
-    assert_eq!(hex(&state.sha256), hex(&sha256(&vec![0u8; state.size_bytes as usize])));
+    assert_eq!(
+        hex(&state.sha256),
+        hex(&sha256(&vec![0u8; state.size_bytes as usize]))
+    );
 }
 
 #[test]
 fn an_image_too_big_for_its_partition() {
     let b = inputs(TableKind::Mbr);
     let big = b.dir.join("big.img");
-    fs::File::create(&big).unwrap().set_len(16 * MIB + 4096).unwrap();
+    fs::File::create(&big)
+        .unwrap()
+        .set_len(16 * MIB + 4096)
+        .unwrap();
     let mut c = contents(&b);
     c.root_b = Content::Image(big.clone());
     let out = b.dir.join("kiln.img");
@@ -320,8 +398,13 @@ fn the_mbr_type_must_match_the_fat_width() {
     // Claim FAT16 for a FAT32 boot image.
     let mut layout = b.layout.clone();
     layout.partitions[0].ptype = kiln_disk::PartitionType::Mbr(kiln_disk::MBR_FAT16_LBA);
-    let e = assemble(&layout, &contents(&b), &ImageOptions::new([1; 32]), &b.dir.join("x.img"))
-        .unwrap_err();
+    let e = assemble(
+        &layout,
+        &contents(&b),
+        &ImageOptions::new([1; 32]),
+        &b.dir.join("x.img"),
+    )
+    .unwrap_err();
     assert!(
         matches!(&e, ImageError::BootTypeMismatch { mbr_type: 0x0e, found, .. } if found == "FAT32"),
         "{e}"
@@ -329,8 +412,17 @@ fn the_mbr_type_must_match_the_fat_width() {
     // And a boot image that is not FAT at all.
     let mut c = contents(&b);
     c.boot = Content::Image(b.root.clone());
-    let e = assemble(&b.layout, &c, &ImageOptions::new([1; 32]), &b.dir.join("x.img")).unwrap_err();
-    assert!(matches!(&e, ImageError::BootTypeMismatch { found, .. } if found == "no FAT filesystem"), "{e}");
+    let e = assemble(
+        &b.layout,
+        &c,
+        &ImageOptions::new([1; 32]),
+        &b.dir.join("x.img"),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&e, ImageError::BootTypeMismatch { found, .. } if found == "no FAT filesystem"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -43,16 +43,28 @@ fn mbr_with_balena_defaults() {
         assert_eq!((e.start + e.size) % 8192, 0);
     }
     // 904 MiB: the end of data.
-    assert_eq!(std::fs::metadata(&path).unwrap().len(), 1458176 * 512 + 192 * MIB);
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().len(),
+        1458176 * 512 + 192 * MIB
+    );
 
     // A second, independent reader of the EBR chain.
     let mbr = mbrman::MBR::read_from(&mut std::fs::File::open(&path).unwrap(), 512).unwrap();
     let logical: Vec<(u32, u32, u32)> = mbr
         .logical_partitions
         .iter()
-        .map(|l| (l.absolute_ebr_lba, l.partition.starting_lba, l.partition.sectors))
+        .map(|l| {
+            (
+                l.absolute_ebr_lba,
+                l.partition.starting_lba,
+                l.partition.sectors,
+            )
+        })
         .collect();
-    assert_eq!(logical, vec![(1400832, 1409024, 40960), (1449984, 1458176, 393216)]);
+    assert_eq!(
+        logical,
+        vec![(1400832, 1409024, 40960), (1449984, 1458176, 393216)]
+    );
 }
 
 #[test]
@@ -78,7 +90,10 @@ fn mbr_logical_partitions_beyond_4_gib() {
     let ext = (4 + 40 + 2 * 2048) * 2048;
     assert_eq!(parts[&4].start, ext);
     assert_eq!(parts[&5], entry(ext + 8192, 40960, "83", false));
-    assert_eq!(parts[&6], entry(ext + 8192 + 40960 + 8192, 393216, "83", false));
+    assert_eq!(
+        parts[&6],
+        entry(ext + 8192 + 40960 + 8192, 393216, "83", false)
+    );
     assert!(ext * 512 > 4 << 30);
 }
 
@@ -118,7 +133,12 @@ fn gpt_with_balena_defaults() {
     assert_eq!(header["last-lba"], (disk - 34).to_string());
     let linux = Guid::LINUX_FS.to_string();
     let expected = [
-        (8192u64, 81920u64, Guid::EFI_SYSTEM.to_string(), "resin-boot"),
+        (
+            8192u64,
+            81920u64,
+            Guid::EFI_SYSTEM.to_string(),
+            "resin-boot",
+        ),
         (90112, 655360, linux.clone(), "resin-rootA"),
         (745472, 655360, linux.clone(), "resin-rootB"),
         (1400832, 40960, linux.clone(), "resin-state"),
@@ -131,7 +151,11 @@ fn gpt_with_balena_defaults() {
         assert_eq!((e.start, e.size, &e.ptype), (start, size, &ptype), "p{n}");
         assert_eq!(e.name.as_deref(), Some(name));
         assert_eq!(e.uuid, Some(ids.partition_guid(n).to_string()));
-        let attrs = if n == 1 { Some("LegacyBIOSBootable") } else { None };
+        let attrs = if n == 1 {
+            Some("LegacyBIOSBootable")
+        } else {
+            None
+        };
         assert_eq!(e.attrs.as_deref(), attrs, "p{n}");
     }
 }
@@ -152,7 +176,9 @@ fn ids_follow_the_content_hash() {
 
 #[test]
 fn overlaps_carry_the_numbers() {
-    let mut layout = LayoutSpec::balena_defaults(TableKind::Gpt).compute().unwrap();
+    let mut layout = LayoutSpec::balena_defaults(TableKind::Gpt)
+        .compute()
+        .unwrap();
     // Grow root A by 4 MiB into root B.
     layout.partitions[1].sectors += 8192;
     let e = layout.validate().unwrap_err();
@@ -176,26 +202,39 @@ fn overlaps_carry_the_numbers() {
     );
 
     // Data running into the backup GPT.
-    let mut layout = LayoutSpec::balena_defaults(TableKind::Gpt).compute().unwrap();
+    let mut layout = LayoutSpec::balena_defaults(TableKind::Gpt)
+        .compute()
+        .unwrap();
     layout.disk_sectors = layout.get(Role::Data).unwrap().end() + 16;
     let e = layout.validate().unwrap_err();
-    assert!(matches!(&e, LayoutError::Overlap { b, .. } if b == "the backup GPT"), "{e}");
+    assert!(
+        matches!(&e, LayoutError::Overlap { b, .. } if b == "the backup GPT"),
+        "{e}"
+    );
 
     // Past the end of the disk.
     layout.disk_sectors = layout.get(Role::Data).unwrap().end() - 8192;
     let e = layout.validate().unwrap_err();
-    assert!(matches!(&e, LayoutError::OutsideDisk { label, .. } if label == "resin-data"), "{e}");
+    assert!(
+        matches!(&e, LayoutError::OutsideDisk { label, .. } if label == "resin-data"),
+        "{e}"
+    );
 
     // The table writer refuses an invalid layout before writing.
     let dir = tempfile::tempdir().unwrap();
     let f = sparse_file(&dir.path().join("x"), layout.disk_bytes());
     let e = write_partition_table(&layout, &DiskIds::derive(&[0; 32]), &mut &f).unwrap_err();
-    assert!(matches!(e, ImageError::Layout(LayoutError::OutsideDisk { .. })), "{e}");
+    assert!(
+        matches!(e, ImageError::Layout(LayoutError::OutsideDisk { .. })),
+        "{e}"
+    );
 }
 
 #[test]
 fn the_output_must_match_the_disk_size() {
-    let layout = LayoutSpec::balena_defaults(TableKind::Gpt).compute().unwrap();
+    let layout = LayoutSpec::balena_defaults(TableKind::Gpt)
+        .compute()
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let f = sparse_file(&dir.path().join("x"), layout.disk_bytes() - 512);
     let e = write_partition_table(&layout, &DiskIds::derive(&[0; 32]), &mut &f).unwrap_err();

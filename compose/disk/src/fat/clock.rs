@@ -117,7 +117,10 @@ mod tests {
 
     #[test]
     fn clocks_clamp_and_are_shared() {
-        assert_eq!(clock_for(0).get_current_date_time(), fat_date_time(FAT_MIN_EPOCH));
+        assert_eq!(
+            clock_for(0).get_current_date_time(),
+            fat_date_time(FAT_MIN_EPOCH)
+        );
         assert!(std::ptr::eq(clock_for(0), clock_for(1)));
         assert_eq!(
             clock_for(u64::MAX).get_current_date_time(),

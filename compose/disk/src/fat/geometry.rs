@@ -225,7 +225,10 @@ mod tests {
     fn fat16_cluster_count_stays_in_range() {
         for mib in [4, 16, 32, 64, 256, 1024, 2047] {
             let g = Geometry::new(mib * MIB, FatKind::Fat16).unwrap();
-            assert!((FAT16_MIN_CLUSTERS..FAT32_MIN_CLUSTERS).contains(&g.clusters), "{mib}: {g:?}");
+            assert!(
+                (FAT16_MIN_CLUSTERS..FAT32_MIN_CLUSTERS).contains(&g.clusters),
+                "{mib}: {g:?}"
+            );
         }
     }
 }

@@ -4,8 +4,9 @@
 //! The space check is exact for what fatfs writes: one cluster chain per
 //! non-empty file, and per directory one short-name entry plus
 //! `ceil(UTF-16 length / 13)` long-name entries per child (fatfs writes a
-//! long name for every entry, even valid 8.3 names), plus `.` and `..` in
-//! subdirectories and the volume label in the root.
+//! long name for every entry, even valid 8.3 names), plus four slots for
+//! `.` and `..` in subdirectories (fatfs gives them long-name entries too,
+//! which `dots` turns into deleted slots) and the volume label in the root.
 
 use std::collections::HashMap;
 
@@ -58,7 +59,7 @@ pub(crate) fn plan(tree: &Tree, geo: &Geometry) -> Result<Plan, FatError> {
                     }
                 } else {
                     dirs += 1;
-                    clusters += ((entries + 2) * ENTRY).div_ceil(cluster);
+                    clusters += ((entries + 4) * ENTRY).div_ceil(cluster);
                 }
             }
             Kind::File(data) => {
@@ -211,8 +212,8 @@ mod tests {
         t.insert("/a/f", Node::file(Data::Bytes(vec![1; 1025]), 0o644))
             .unwrap();
         let p = plan(&t, &geo()).unwrap();
-        // Root: label, "a" (long + short entry) = 1 cluster; /a: ., ..,
-        // "f" (2) = 1 cluster; f: 3 clusters of 512 bytes.
+        // Root: label, "a" (long + short entry) = 1 cluster; /a: . and ..
+        // (4 slots), "f" (2) = 1 cluster; f: 3 clusters of 512 bytes.
         assert_eq!((p.files, p.dirs, p.clusters), (1, 1, 5));
     }
 }

@@ -46,7 +46,10 @@ pub fn sfdisk(image: &Path) -> (BTreeMap<String, String>, BTreeMap<u32, Entry>) 
     let path = image.to_str().unwrap();
     let out = Command::new("sfdisk").args(["-d", path]).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && stderr.trim().is_empty(), "sfdisk: {stderr}");
+    assert!(
+        out.status.success() && stderr.trim().is_empty(),
+        "sfdisk: {stderr}"
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     let mut header = BTreeMap::new();
     let mut parts = BTreeMap::new();
@@ -93,7 +96,10 @@ pub fn entry(start: u64, size: u64, ptype: &str, bootable: bool) -> Entry {
 /// `len` bytes of `path` from `offset`.
 pub fn read_range(path: &Path, offset: u64, len: u64) -> Vec<u8> {
     let mut buf = vec![0u8; len as usize];
-    File::open(path).unwrap().read_exact_at(&mut buf, offset).unwrap();
+    File::open(path)
+        .unwrap()
+        .read_exact_at(&mut buf, offset)
+        .unwrap();
     buf
 }
 
