@@ -142,6 +142,12 @@ pub enum FatError {
     },
 
     #[error(
+        "a {size_bytes}-byte volume is too large: FAT with 512-byte sectors ends at \
+         {max_bytes} bytes (2 TiB)"
+    )]
+    TooLarge { size_bytes: u64, max_bytes: u64 },
+
+    #[error(
         "the FAT16 root directory holds {max} entries but the tree's top level needs {needed} \
          (long names take several); use FAT32 or move files into a directory"
     )]

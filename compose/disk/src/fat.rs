@@ -16,6 +16,7 @@
 //! differ only in case, and trees that do not fit are refused before
 //! anything is written.
 
+mod cache;
 mod clock;
 mod dots;
 mod geometry;
@@ -124,8 +125,6 @@ pub fn write<S: Read + Write + Seek>(
         let what = what.to_string();
         move |source| FatError::Write { what, source }
     };
-    out.seek(SeekFrom::Start(0))
-        .map_err(fail("the boot sector"))?;
     let format = FormatVolumeOptions::new()
         .bytes_per_sector(512)
         .total_sectors(geo.total_sectors)
@@ -133,12 +132,17 @@ pub fn write<S: Read + Write + Seek>(
         .fat_type(kind.fatfs())
         .volume_id(volume_id)
         .volume_label(label);
-    fatfs::format_volume(&mut *out, format).map_err(fail("the empty filesystem"))?;
+    // Everything fatfs does goes through the cache: see cache.rs.
+    let mut cached = cache::BlockCache::new(&mut *out).map_err(fail("the boot sector"))?;
+    fatfs::format_volume(&mut cached, format).map_err(fail("the empty filesystem"))?;
+    cached
+        .seek(SeekFrom::Start(0))
+        .map_err(fail("the boot sector"))?;
 
     let fs_opts = FsOptions::new()
         .update_accessed_date(false)
         .time_provider(clock::clock_for(opts.epoch));
-    let fs = FileSystem::new(&mut *out, fs_opts).map_err(fail("the mounted filesystem"))?;
+    let fs = FileSystem::new(&mut cached, fs_opts).map_err(fail("the mounted filesystem"))?;
     let stats = fs.stats().map_err(fail("the FAT"))?;
     let got_kind = match fs.fat_type() {
         fatfs::FatType::Fat12 => "FAT12",
@@ -156,7 +160,8 @@ pub fn write<S: Read + Write + Seek>(
     add_dir(&fs.root_dir(), tree, "/")?;
     let stats = fs.stats().map_err(fail("the FAT"))?;
     fs.unmount().map_err(fail("the FSInfo sector"))?;
-    dots::fix(&mut *out).map_err(fail("the directories' dot entries"))?;
+    dots::fix(&mut cached).map_err(fail("the directories' dot entries"))?;
+    cached.flush_blocks().map_err(fail("the volume"))?;
 
     let end = out
         .seek(SeekFrom::End(0))

@@ -14,9 +14,9 @@
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::sync::mpsc;
-use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
@@ -32,8 +32,9 @@ pub(crate) struct Sums {
 /// Reads `len` bytes of `img`, hashing the whole and each `[start, end)`
 /// byte range, and compresses them into `zst`.
 ///
-/// The partition hashes run on a second thread, fed the same chunks, so
-/// the two SHA-256 passes over most bytes overlap.
+/// The partition hashes run on a second thread, fed the same chunks after
+/// the main thread has hashed and compressed them, so the two SHA-256
+/// passes over most bytes overlap.
 pub(crate) fn hash_and_compress(
     img: &File,
     len: u64,
@@ -47,7 +48,17 @@ pub(crate) fn hash_and_compress(
     enc.include_checksum(true)?;
     enc.set_pledged_src_size(Some(len))?;
 
-    let (tx, rx) = mpsc::sync_channel::<(u64, Arc<Vec<u8>>)>(2);
+    // Chunks go main thread -> partition hasher -> back to the main thread
+    // for reuse: fresh 4 MiB allocations would cost a page fault per page
+    // on every read.
+    const BUFFERS: usize = 3;
+    let (tx, rx) = mpsc::sync_channel::<(u64, Vec<u8>)>(BUFFERS);
+    let (free_tx, free_rx) = mpsc::sync_channel::<Vec<u8>>(BUFFERS);
+    for _ in 0..BUFFERS {
+        free_tx
+            .send(vec![0u8; CHUNK])
+            .map_err(|_| io::Error::other("buffer pool closed"))?;
+    }
     let owned: Vec<(u64, u64)> = ranges.to_vec();
     let (image, ranges_sums) = std::thread::scope(|s| -> io::Result<_> {
         let hasher = s.spawn(move || {
@@ -60,6 +71,9 @@ pub(crate) fn hash_and_compress(
                         h.update(&chunk[(lo - off) as usize..(hi - off) as usize]);
                     }
                 }
+                // The main thread may have stopped early; then the buffer
+                // is simply dropped.
+                let _ = free_tx.send(chunk);
             }
             hs.into_iter()
                 .map(|h| h.finalize().into())
@@ -70,18 +84,24 @@ pub(crate) fn hash_and_compress(
         let mut result = Ok(());
         while off < len {
             let n = (len - off).min(CHUNK as u64) as usize;
-            let mut buf = vec![0u8; n];
-            if let Err(e) = img.read_exact_at(&mut buf, off) {
+            let Ok(mut buf) = free_rx.recv() else {
+                break;
+            };
+            buf.resize(n, 0);
+            if next_data(img, off, len) >= off + n as u64 {
+                // A hole: zeros, without the read (reading holes runs
+                // well below memory speed on some hosts).
+                buf.fill(0);
+            } else if let Err(e) = img.read_exact_at(&mut buf, off) {
                 result = Err(e);
                 break;
             }
-            let buf = Arc::new(buf);
-            if tx.send((off, Arc::clone(&buf))).is_err() {
-                break;
-            }
-            whole.update(&buf[..]);
+            whole.update(&buf);
             if let Err(e) = enc.write_all(&buf) {
                 result = Err(e);
+                break;
+            }
+            if tx.send((off, buf)).is_err() {
                 break;
             }
             off += n as u64;
@@ -91,6 +111,11 @@ pub(crate) fn hash_and_compress(
             .join()
             .map_err(|_| io::Error::other("the partition hashing thread panicked"))?;
         result?;
+        if off < len {
+            return Err(io::Error::other(
+                "the partition hashing thread stopped early",
+            ));
+        }
         Ok((whole.finalize().into(), sums))
     })?;
     let mut out = enc.finish()?;
@@ -102,6 +127,27 @@ pub(crate) fn hash_and_compress(
         ranges: ranges_sums,
         compressed_bytes,
     })
+}
+
+/// The first offset at or after `off` that may hold data (`len` when only
+/// a hole follows). When the filesystem cannot tell, `off` itself: the
+/// caller then reads, which is always correct.
+fn next_data(img: &File, off: u64, len: u64) -> u64 {
+    let Ok(at) = libc::off_t::try_from(off) else {
+        return off;
+    };
+    // SAFETY: lseek only reads the descriptor, which `img` keeps open for
+    // the duration of the call; the file position it moves is not used
+    // (every read here is positioned).
+    let r = unsafe { libc::lseek(img.as_raw_fd(), at, libc::SEEK_DATA) };
+    if r >= 0 {
+        return r as u64;
+    }
+    match io::Error::last_os_error().raw_os_error() {
+        // No data at or after `off`.
+        Some(libc::ENXIO) => len,
+        _ => off,
+    }
 }
 
 #[cfg(test)]

@@ -232,9 +232,11 @@ impl LayoutSpec {
         let gap = round_up(self.gap_bytes.div_ceil(SECTOR), align)?;
         let boot_kind = match self.boot_fat {
             Some(k) => k,
-            None => FatKind::for_size(boot * SECTOR).map_err(|e| LayoutError::BadEntry {
-                label: Role::Boot.label().into(),
-                reason: e.to_string(),
+            None => FatKind::for_size(boot.saturating_mul(SECTOR)).map_err(|e| {
+                LayoutError::BadEntry {
+                    label: Role::Boot.label().into(),
+                    reason: e.to_string(),
+                }
             })?,
         };
 

@@ -90,7 +90,10 @@ impl Geometry {
                 max,
             }
         };
-        let total_sectors = u32::try_from(total).map_err(|_| bad(u64::MAX, 0))?;
+        let total_sectors = u32::try_from(total).map_err(|_| FatError::TooLarge {
+            size_bytes,
+            max_bytes: u64::from(u32::MAX) * SECTOR,
+        })?;
         match kind {
             FatKind::Fat32 => {
                 // Microsoft's FAT32 cluster-size table, which fatfs also
