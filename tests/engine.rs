@@ -462,3 +462,41 @@ fn gc_keeps_recent_builds_and_drops_the_rest() {
     assert!(!stdout(&gc).contains("removed 0 blobs"), "{}", stdout(&gc));
     assert_eq!(outcomes(&build(&p, &[]))["a"], "built");
 }
+
+#[test]
+fn local_files_build_the_same_bytes_whatever_the_checkout_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let p = TestProject::new();
+    p.board(&["files"]);
+    p.write("recipes/files/tree/conf", "x=1\n");
+    p.write("recipes/files/tree/run.sh", "echo hi\n");
+    p.write(
+        "recipes/files.rhai",
+        "#{ name: \"files\", version: \"1\", sources: [#{ file: \"tree\" }], steps: [\"cp -a tree/. /out/\"] }",
+    );
+    let set = |rel: &str, mode: u32| {
+        std::fs::set_permissions(p.root().join(rel), std::fs::Permissions::from_mode(mode))
+            .expect("chmod")
+    };
+    let output = |o: &std::process::Output| -> String {
+        events(o)
+            .into_iter()
+            .find(|e| e["event"] == "built")
+            .expect("built")["output"]
+            .to_string()
+    };
+    set("recipes/files/tree/conf", 0o664);
+    set("recipes/files/tree/run.sh", 0o775);
+    set("recipes/files/tree", 0o775);
+    let first = build(&p, &[]);
+    assert!(first.status.success(), "{}", stderr(&first));
+
+    // Another checkout, another umask, another store: the same output.
+    set("recipes/files/tree/conf", 0o600);
+    set("recipes/files/tree/run.sh", 0o700);
+    set("recipes/files/tree", 0o700);
+    let other = tempfile::tempdir().expect("store");
+    let second = kiln_in(p.root(), other.path(), &["--json", "build", "test-board"]);
+    assert!(second.status.success(), "{}", stderr(&second));
+    assert_eq!(output(&first), output(&second));
+}

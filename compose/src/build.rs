@@ -780,8 +780,12 @@ fn prepare_sources(
     fetch::apply_patches(src, &patches).map_err(|e| format!("recipe `{name}`: {e}"))
 }
 
-/// Copies a file or directory tree, keeping modes and symlinks.
+/// Copies a recipe's local file or directory into the build, keeping
+/// symlinks. Modes are normalized to what the key records — 0755 for
+/// directories and executables, 0644 otherwise — so a checkout made under a
+/// different umask builds the same bytes.
 fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     let meta = std::fs::symlink_metadata(from)?;
     if meta.file_type().is_symlink() {
         let target = std::fs::read_link(from)?;
@@ -791,6 +795,7 @@ fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
         std::os::unix::fs::symlink(target, to)
     } else if meta.is_dir() {
         std::fs::create_dir_all(to)?;
+        std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o755))?;
         for entry in std::fs::read_dir(from)? {
             let entry = entry?;
             copy_tree(&entry.path(), &to.join(entry.file_name()))?;
@@ -800,7 +805,13 @@ fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
         if let Some(parent) = to.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        std::fs::copy(from, to).map(|_| ())
+        std::fs::copy(from, to)?;
+        let mode = if meta.permissions().mode() & 0o111 != 0 {
+            0o755
+        } else {
+            0o644
+        };
+        std::fs::set_permissions(to, std::fs::Permissions::from_mode(mode))
     }
 }
 

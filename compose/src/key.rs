@@ -24,8 +24,10 @@ use serde::{Deserialize, Serialize};
 use crate::model::{Recipe, Source, SourceHash, Target};
 use crate::toolchain::Fingerprint;
 
-/// Bumped whenever the meaning of a key's inputs changes.
-pub const KEY_SCHEMA: &str = "kiln-key-v1";
+/// Bumped whenever the meaning of a key's inputs changes, or the engine
+/// changes how it turns the same inputs into an output (v2: local files are
+/// copied with normalized modes).
+pub const KEY_SCHEMA: &str = "kiln-key-v2";
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
