@@ -312,15 +312,14 @@ pub fn run(ctx: &Context, opts: &Options, events: &dyn Events) -> Report {
             while !stop && running < jobs {
                 let Some(name) = ready.pop_front() else { break };
                 // Inputs are final now: every build dependency has an output.
-                let deps: BTreeMap<String, String> = plan
+                let dep_outputs: Vec<(String, Digest)> = plan
                     .build_deps(&name)
                     .into_iter()
-                    .filter_map(|d| {
-                        results
-                            .get(&d)
-                            .and_then(NodeResult::output)
-                            .map(|o| (d, o.to_hex()))
-                    })
+                    .filter_map(|d| results.get(&d).and_then(NodeResult::output).map(|o| (d, o)))
+                    .collect();
+                let deps = dep_outputs
+                    .iter()
+                    .map(|(d, o)| (d.clone(), o.to_hex()))
                     .collect();
                 let inputs = ctx.inputs(&name, deps);
                 let key = digest_of(&inputs);
@@ -373,11 +372,6 @@ pub fn run(ctx: &Context, opts: &Options, events: &dyn Events) -> Report {
                 let tx = tx.clone();
                 let fetcher = &fetcher;
                 let jobserver = jobserver.as_ref();
-                let dep_outputs: Vec<(String, Digest)> = plan
-                    .build_deps(&name)
-                    .into_iter()
-                    .filter_map(|d| results.get(&d).and_then(NodeResult::output).map(|o| (d, o)))
-                    .collect();
                 scope.spawn(move || {
                     let log = live_log(ctx.store, &name, &key);
                     events.event(&Event::Started {

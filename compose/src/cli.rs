@@ -484,9 +484,20 @@ fn with_recipe(
     board: Option<&str>,
     f: impl FnOnce(&Context, &str) -> CliResult,
 ) -> CliResult {
+    with_plan(s, board, |eval| recipe_root(s, eval, recipe), f)
+}
+
+/// Evaluates the board, plans the roots `roots` picks, and runs `f` with the
+/// build context (without building anything).
+fn with_plan(
+    s: &Session,
+    board: Option<&str>,
+    roots: impl FnOnce(&Evaluation) -> Result<Vec<(String, Span)>, Failure>,
+    f: impl FnOnce(&Context, &str) -> CliResult,
+) -> CliResult {
     let board = s.board_name(board)?;
     let eval = s.evaluate(&board)?;
-    let roots = recipe_root(s, &eval, recipe)?;
+    let roots = roots(&eval)?;
     let plan = s.plan(&eval, &roots)?;
     let store = s.store()?;
     let ctx = context(s, &eval, &plan, &store)?;
@@ -521,11 +532,16 @@ fn show(ctx: &Context, recipe: &str) -> CliResult {
 }
 
 fn cmd_graph(s: &Session, board: Option<&str>, format: GraphFormat) -> CliResult {
-    let board = s.board_name(board)?;
-    let eval = s.evaluate(&board)?;
-    let plan = s.plan(&eval, &board_roots(&eval))?;
-    let store = s.store()?;
-    let ctx = context(s, &eval, &plan, &store)?;
+    with_plan(
+        s,
+        board,
+        |eval| Ok(board_roots(eval)),
+        |ctx, _| graph(ctx, format),
+    )
+}
+
+fn graph(ctx: &Context, format: GraphFormat) -> CliResult {
+    let (eval, plan) = (ctx.eval, ctx.plan);
     let drv = ctx.derivations();
     match format {
         GraphFormat::Dot => print!("{}", plan.to_dot(&drv)),
