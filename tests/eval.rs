@@ -232,3 +232,85 @@ fn unknown_board_field_and_missing_package() {
     assert!(err.contains("unknown field `pakages` in board"), "{err}");
     assert!(err.contains("did you mean `packages`?"), "{err}");
 }
+
+/// A board's kernel and bootloader sections reach their recipes as files
+/// and environment, are part of the key, and bad ones are located.
+#[test]
+fn kernel_fragments_and_bootloader_config_reach_their_recipes() {
+    let p = TestProject::new();
+    p.write(
+        "recipes/linux.rhai",
+        &shell_recipe(
+            "linux",
+            &[],
+            &["for f in $KILN_KCONFIG_FRAGMENTS; do cat $f; done > /out/config; echo $KILN_KCONFIG_BASE >> /out/config"],
+        ),
+    );
+    p.write(
+        "recipes/loader.rhai",
+        &shell_recipe(
+            "loader",
+            &[],
+            &["echo $KILN_BOOTLOADER_CONFIG > /out/config"],
+        ),
+    );
+    p.write("boards/kernel/common.config", "CONFIG_EROFS_FS=y\n");
+    p.write("boards/test/kernel.config", "CONFIG_VIRTIO_BLK=y\n");
+    let board = BOARD.replace("PACKAGES", "[]").replace(
+        "packages:",
+        "kernel: #{ recipe: \"linux\", base: \"tinyconfig\", fragments: [\"kernel/common.config\", \"test/kernel.config\"] },\n    bootloader: #{ recipe: \"loader\", config: \"qemu_arm64_defconfig\" },\n    packages:",
+    );
+    p.write("boards/test-board.rhai", &board);
+
+    let o = p.kiln(&["show", "linux"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
+    assert_eq!(v["recipe"]["env"]["KILN_KCONFIG_BASE"], "tinyconfig");
+    assert_eq!(
+        v["recipe"]["env"]["KILN_KCONFIG_FRAGMENTS"],
+        "kiln-kconfig/00-common.config kiln-kconfig/01-kernel.config"
+    );
+    let key = v["key"].as_str().expect("key").to_string();
+
+    // Building the board builds kernel and bootloader with those inputs.
+    let o = p.kiln(&["build", "linux", "loader"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out =
+        std::fs::read_to_string(p.root().join("out/test-board/linux/config")).expect("config");
+    assert_eq!(out, "CONFIG_EROFS_FS=y\nCONFIG_VIRTIO_BLK=y\ntinyconfig\n");
+    let out =
+        std::fs::read_to_string(p.root().join("out/test-board/loader/config")).expect("config");
+    assert_eq!(out, "qemu_arm64_defconfig\n");
+
+    // A fragment's content is part of the kernel's key.
+    p.write("boards/test/kernel.config", "CONFIG_VIRTIO_BLK=n\n");
+    let o = p.kiln(&["show", "linux"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
+    assert_ne!(v["key"].as_str().expect("key"), key);
+
+    // A missing fragment, one outside boards/, and an unknown recipe.
+    let bad = board.replace(
+        "\"test/kernel.config\"",
+        "\"test/nope.config\", \"../kiln.toml\"",
+    );
+    p.write("boards/test-board.rhai", &bad);
+    let err = check_fails(&p);
+    assert!(
+        err.contains("kernel config fragment `test/nope.config` not found (boards/test/nope.config does not exist)"),
+        "{err}"
+    );
+    assert!(err.contains("boards/test-board.rhai:7:89"), "{err}");
+    assert!(
+        err.contains("kernel config fragment `../kiln.toml` is outside the boards directory"),
+        "{err}"
+    );
+    let bad = board.replace("recipe: \"loader\"", "recipe: \"lodaer\"");
+    p.write("boards/test-board.rhai", &bad);
+    let err = check_fails(&p);
+    assert!(
+        err.contains("bootloader recipe `lodaer` does not exist"),
+        "{err}"
+    );
+    assert!(err.contains("boards/test-board.rhai:8:"), "{err}");
+    assert!(err.contains("did you mean `loader`?"), "{err}");
+}

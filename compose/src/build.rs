@@ -754,9 +754,13 @@ fn prepare_sources(
                 r.map_err(|e| format!("recipe `{name}` ({span}): {e}"))?;
             }
             Source::Local {
-                path, dest, span, ..
+                path,
+                dest,
+                span,
+                base,
+                ..
             } => {
-                let from = recipe.files_dir.join(path);
+                let from = base.as_ref().unwrap_or(&recipe.files_dir).join(path);
                 copy_tree(&from, &src.join(dest)).map_err(|e| {
                     format!(
                         "recipe `{name}` ({span}): cannot copy {}: {e}",

@@ -282,21 +282,25 @@ fn expand_home(s: &str) -> String {
     }
 }
 
+/// What building a board means: its packages, its kernel and its bootloader.
 fn board_roots(eval: &Evaluation) -> Vec<(String, Span)> {
-    eval.board
+    let b = &eval.board;
+    let mut roots: Vec<(String, Span)> = b
         .packages
         .iter()
         .map(|p| {
-            (
-                p.clone(),
-                eval.board
-                    .package_spans
-                    .get(p)
-                    .cloned()
-                    .unwrap_or_else(|| eval.board.span.clone()),
-            )
+            let span = b.package_spans.get(p).cloned();
+            (p.clone(), span.unwrap_or_else(|| b.span.clone()))
         })
-        .collect()
+        .collect();
+    let boot = b.kernel.iter().map(|k| (&k.recipe, &k.span));
+    let boot = boot.chain(b.bootloader.iter().map(|l| (&l.recipe, &l.span)));
+    for (name, span) in boot {
+        if !roots.iter().any(|(n, _)| n == name) {
+            roots.push((name.clone(), span.clone()));
+        }
+    }
+    roots
 }
 
 fn recipe_root(

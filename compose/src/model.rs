@@ -84,13 +84,18 @@ pub enum Source {
     },
     /// A file or directory that lives next to the recipe.
     Local {
-        /// Path relative to the recipe's files directory.
+        /// Path relative to the recipe's files directory (or to `base`).
         path: String,
         /// blake3 of the content (for directories, of a canonical listing).
         blake3: String,
         /// Where it lands below `/build/src`.
         dest: String,
         span: Span,
+        /// The directory `path` is relative to when it is not the recipe's
+        /// own: a board's kernel fragments live next to the board. Never
+        /// hashed (the content is), so moving the checkout changes nothing.
+        #[serde(skip)]
+        base: Option<PathBuf>,
     },
 }
 
@@ -181,6 +186,11 @@ pub struct Recipe {
 }
 
 /// Kernel configuration a board asks for.
+///
+/// Evaluation hands it to the named recipe as data: each fragment becomes a
+/// local source at `/build/src/kiln-kconfig/NN-<name>` and the environment
+/// gets `KILN_KCONFIG_BASE` and `KILN_KCONFIG_FRAGMENTS`, so the recipe's
+/// key covers the exact configuration.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KernelConfig {
     pub recipe: String,
@@ -188,13 +198,22 @@ pub struct KernelConfig {
     pub base: String,
     /// Fragment files, relative to the board file's directory.
     pub fragments: Vec<String>,
+    /// The fragments as sources for the kernel recipe.
+    #[serde(skip)]
+    pub sources: Vec<Source>,
+    /// Where `recipe` was written.
+    #[serde(skip)]
+    pub span: Span,
 }
 
-/// Bootloader a board asks for.
+/// Bootloader a board asks for; its recipe sees `KILN_BOOTLOADER_CONFIG`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BootloaderConfig {
     pub recipe: String,
     pub config: String,
+    /// Where `recipe` was written.
+    #[serde(skip)]
+    pub span: Span,
 }
 
 /// Sizes of the disk image's parts, in MiB.

@@ -526,6 +526,7 @@ fn source(f: &mut Fields, path: &FieldPath, item: &Dynamic, files_dir: &Path) ->
             blake3,
             dest,
             span,
+            base: None,
         })
     } else {
         let url = s.req_string("url");
@@ -821,6 +822,8 @@ const TOOLCHAIN_FIELDS: &[&str] = &[
     "env",
 ];
 const KERNEL_FIELDS: &[&str] = &["recipe", "base", "fragments"];
+/// Where a board's kernel fragments land below `/build/src`.
+pub const KCONFIG_DIR: &str = "kiln-kconfig";
 const BOOTLOADER_FIELDS: &[&str] = &["recipe", "config"];
 const PARTITION_FIELDS: &[&str] = &[
     "table",
@@ -870,7 +873,15 @@ pub fn target(map: &Map, loc: &Locator) -> Result<Target, Vec<Diagnostic>> {
 }
 
 /// Converts a board map (without its overrides, which apply to recipes).
-pub fn board(map: &Map, loc: &Locator, target: Target) -> Result<Board, Vec<Diagnostic>> {
+///
+/// `board_dir` is the board file's directory: kernel fragments are read
+/// from it (and only from it).
+pub fn board(
+    map: &Map,
+    loc: &Locator,
+    target: Target,
+    board_dir: &Path,
+) -> Result<Board, Vec<Diagnostic>> {
     let mut f = Fields::new(map, Vec::new(), loc, "board", BOARD_FIELDS);
     let name = f.req_string("name");
     let description = f.opt_string("description");
@@ -892,26 +903,45 @@ pub fn board(map: &Map, loc: &Locator, target: Target) -> Result<Board, Vec<Diag
         }
     };
     let kernel = f.map("kernel").map(|k| {
-        let mut s = sub_fields(&f, &f.sub("kernel"), &k, "kernel", KERNEL_FIELDS);
-        let kc = KernelConfig {
-            recipe: s.req_string("recipe"),
-            base: s.req_string("base"),
-            fragments: s.strings("fragments").into_iter().map(|(s, _)| s).collect(),
-        };
+        let path = f.sub("kernel");
+        let mut s = sub_fields(&f, &path, &k, "kernel", KERNEL_FIELDS);
+        let recipe = s.req_string("recipe");
+        let base = s.req_string("base");
+        let span = s.locator().key(&s.sub("recipe"));
+        let mut fragments = Vec::new();
+        let mut sources = Vec::new();
+        for (i, (file, fspan)) in s.strings("fragments").into_iter().enumerate() {
+            if let Some(blake3) = fragment_hash(&mut s, &file, board_dir, &fspan) {
+                let name = Path::new(&file)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().to_string())
+                    .unwrap_or_default();
+                sources.push(Source::Local {
+                    path: file.clone(),
+                    blake3,
+                    dest: format!("{KCONFIG_DIR}/{i:02}-{name}"),
+                    span: fspan,
+                    base: Some(board_dir.to_path_buf()),
+                });
+            }
+            fragments.push(file);
+        }
         f.errors.append(&mut s.errors);
-        kc
+        KernelConfig {
+            recipe,
+            base,
+            fragments,
+            sources,
+            span,
+        }
     });
     let bootloader = f.map("bootloader").map(|b| {
-        let mut s = sub_fields(
-            &f,
-            &f.sub("bootloader"),
-            &b,
-            "bootloader",
-            BOOTLOADER_FIELDS,
-        );
+        let path = f.sub("bootloader");
+        let mut s = sub_fields(&f, &path, &b, "bootloader", BOOTLOADER_FIELDS);
         let bc = BootloaderConfig {
             recipe: s.req_string("recipe"),
             config: s.req_string("config"),
+            span: s.locator().key(&s.sub("recipe")),
         };
         f.errors.append(&mut s.errors);
         bc
@@ -977,6 +1007,51 @@ pub fn board(map: &Map, loc: &Locator, target: Target) -> Result<Board, Vec<Diag
             span: loc.top(),
         }),
         _ => Err(f.errors),
+    }
+}
+
+/// Hashes a kernel fragment, which must be a plain relative path inside
+/// the board's directory: a board can't pull files from anywhere else.
+fn fragment_hash(f: &mut Fields, file: &str, board_dir: &Path, span: &Span) -> Option<String> {
+    let shown = Path::new("boards").join(file);
+    let full = match super::engine::recipe_file(board_dir, file) {
+        Ok(p) => p,
+        Err(_) => {
+            f.errors.push(
+                Diagnostic::new(
+                    span.clone(),
+                    format!("kernel config fragment `{file}` is outside the boards directory"),
+                )
+                .help("name fragments relative to boards/, without `..` or a leading `/`"),
+            );
+            return None;
+        }
+    };
+    if !full.is_file() {
+        f.errors.push(
+            Diagnostic::new(
+                span.clone(),
+                format!(
+                    "kernel config fragment `{file}` not found ({} does not exist)",
+                    shown.display()
+                ),
+            )
+            .help("fragments are relative to boards/; create the file or fix the name"),
+        );
+        return None;
+    }
+    match crate::hashing::path_blake3(&full) {
+        Ok(h) => Some(h.to_hex().to_string()),
+        Err(e) => {
+            f.errors.push(
+                Diagnostic::new(
+                    span.clone(),
+                    format!("cannot read {}: {e}", shown.display()),
+                )
+                .help("check the file's permissions"),
+            );
+            None
+        }
     }
 }
 

@@ -257,8 +257,12 @@ pub fn evaluate(project: &Project, board_path: &Path) -> Result<Evaluation, Diag
     let board_script = eval_script(project, board_path, &files_dir_of(board_path), None)?;
     let board_map = map_of(&board_script.value);
     let target = convert::target(&board_map, &board_script.loc).map_err(Diagnostics)?;
-    let mut board =
-        convert::board(&board_map, &board_script.loc, target.clone()).map_err(Diagnostics)?;
+    let board_dir = board_path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| project.boards_dir());
+    let mut board = convert::board(&board_map, &board_script.loc, target.clone(), &board_dir)
+        .map_err(Diagnostics)?;
 
     let files = project.recipe_files().map_err(|e| {
         Diagnostic::new(
@@ -406,10 +410,61 @@ pub fn evaluate(project: &Project, board_path: &Path) -> Result<Evaluation, Diag
             Err(mut e) => errors.append(&mut e),
         }
     }
+    apply_boot_sections(&board, &mut recipes, &mut errors);
     if errors.is_empty() {
         Ok(Evaluation { board, recipes })
     } else {
         Err(Diagnostics(errors))
+    }
+}
+
+/// Hands the board's kernel and bootloader sections to their recipes as
+/// sources and environment, so the configuration is part of their keys.
+fn apply_boot_sections(
+    board: &Board,
+    recipes: &mut BTreeMap<String, Recipe>,
+    errors: &mut Vec<Diagnostic>,
+) {
+    let mut missing = |name: &str, span: &Span, what: &str, recipes: &BTreeMap<String, Recipe>| {
+        let mut d = Diagnostic::new(
+            span.clone(),
+            format!("{what} recipe `{name}` does not exist"),
+        );
+        d = match did_you_mean(name, recipes.keys().map(String::as_str)) {
+            Some(s) => d.help(format!("did you mean `{s}`?")),
+            None => d.help(format!(
+                "add recipes/{name}.rhai or name an existing recipe"
+            )),
+        };
+        errors.push(d);
+    };
+    if let Some(k) = &board.kernel {
+        match recipes.get_mut(&k.recipe) {
+            Some(r) => {
+                r.sources.extend(k.sources.iter().cloned());
+                let frags: Vec<String> = k
+                    .sources
+                    .iter()
+                    .filter_map(|s| match s {
+                        crate::model::Source::Local { dest, .. } => Some(dest.clone()),
+                        crate::model::Source::Remote { .. } => None,
+                    })
+                    .collect();
+                r.env.insert("KILN_KCONFIG_BASE".into(), k.base.clone());
+                r.env
+                    .insert("KILN_KCONFIG_FRAGMENTS".into(), frags.join(" "));
+            }
+            None => missing(&k.recipe, &k.span, "kernel", recipes),
+        }
+    }
+    if let Some(b) = &board.bootloader {
+        match recipes.get_mut(&b.recipe) {
+            Some(r) => {
+                r.env
+                    .insert("KILN_BOOTLOADER_CONFIG".into(), b.config.clone());
+            }
+            None => missing(&b.recipe, &b.span, "bootloader", recipes),
+        }
     }
 }
 
