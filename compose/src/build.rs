@@ -498,7 +498,21 @@ fn live_log(store: &Store, name: &str, key: &Digest) -> PathBuf {
 }
 
 /// A build's scratch space, removed when dropped whatever happened.
-struct WorkDir(PathBuf);
+pub struct WorkDir(PathBuf);
+
+impl WorkDir {
+    /// A fresh, empty scratch directory for `name` with `key`.
+    pub fn new(store: &Store, name: &str, key: &Digest) -> std::io::Result<WorkDir> {
+        let work = WorkDir(work_dir(store, name, key));
+        remove_tree(&work.0);
+        std::fs::create_dir_all(&work.0)?;
+        Ok(work)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
 
 impl Drop for WorkDir {
     fn drop(&mut self) {

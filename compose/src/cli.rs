@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use kiln_cache::{Root, Store};
 use serde::Deserialize;
 
+use crate::image;
 use crate::build::{self, Context, Options};
 use crate::diag::Diagnostics;
 use crate::dsl::{self, Evaluation, Project};
@@ -59,6 +60,9 @@ enum Command {
         /// Concurrent jobs (jobserver tokens). Default: the number of CPUs.
         #[arg(long, short)]
         jobs: Option<usize>,
+        /// Build a board's packages but not its disk image.
+        #[arg(long)]
+        no_image: bool,
     },
     /// Print a recipe's derivation (its data, inputs and hashes) as JSON.
     Show {
@@ -350,7 +354,8 @@ fn run(cli: Cli) -> CliResult {
             board,
             keep_going,
             jobs,
-        } => cmd_build(&s, targets, board.as_deref(), *keep_going, *jobs),
+            no_image,
+        } => cmd_build(&s, targets, board.as_deref(), *keep_going, *jobs, *no_image),
         Command::Show { recipe, board } => cmd_show(&s, recipe, board.as_deref()),
         Command::Graph { board, format } => cmd_graph(&s, board.as_deref(), *format),
         Command::Why { recipe, board } => cmd_why(&s, recipe, board.as_deref()),
@@ -381,6 +386,7 @@ fn cmd_build(
     board: Option<&str>,
     keep_going: bool,
     jobs: Option<usize>,
+    no_image: bool,
 ) -> CliResult {
     let (board_name, recipes): (String, Vec<&str>) = match targets {
         [one] if board.is_none() && is_board(s, one) => (one.clone(), Vec::new()),
@@ -421,10 +427,17 @@ fn cmd_build(
     };
     let progress = Progress::new(Mode::detect(s.json));
     let report = build::run(&ctx, &opts, &progress);
+    let board_build = recipes.is_empty();
+    let failed = report.failed();
+    // The image is the board's last node: it needs every package.
+    let image = (board_build && !no_image && failed.is_empty()).then(|| {
+        let out_dir = s.project.root.join("out");
+        image::run(&ctx, &report.results, &out_dir, &progress)
+    });
     progress.finish();
 
     // Every build is a GC root, so `kiln gc` keeps what was just built.
-    let root = Root {
+    let mut root = Root {
         created_unix: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -432,7 +445,13 @@ fn cmd_build(
         keys: report.results.values().filter_map(|r| r.key()).collect(),
         outputs: report.results.values().filter_map(|r| r.output()).collect(),
     };
-    let root_name = if recipes.is_empty() {
+    if let Some(Ok(img)) = &image {
+        root.keys.push(img.key);
+        if let Ok(Some(hit)) = store.ac_get(&img.key) {
+            root.outputs.push(hit.output);
+        }
+    }
+    let root_name = if board_build {
         eval.board.name.clone()
     } else {
         format!("{}.{}", eval.board.name, recipes.join("+"))
@@ -441,7 +460,6 @@ fn cmd_build(
         eprintln!("warning: cannot record GC root {root_name}: {e}");
     }
 
-    let failed = report.failed();
     if !failed.is_empty() {
         return Err(Failure::build(format!(
             "error: {} recipe{} failed: {}",
@@ -454,19 +472,66 @@ fn cmd_build(
                 .join(", ")
         )));
     }
-    for r in &recipes {
+    let linked: Vec<&str> = if board_build {
+        plan.roots.iter().map(String::as_str).collect()
+    } else {
+        recipes.clone()
+    };
+    for r in &linked {
         if let Some(out) = report.results.get(*r).and_then(|x| x.output()) {
             let path = store
                 .materialize(&out)
                 .map_err(|e| Failure::build(format!("error: {e}")))?;
             let link = s.project.root.join("out").join(&eval.board.name).join(r);
             link_result(&path, &link);
-            if !s.json {
+            if !s.json && !board_build {
                 println!("{}", path.display());
             }
         }
     }
-    Ok(())
+    match image {
+        Some(Ok(img)) => {
+            if !s.json {
+                print_image(s, &img);
+            }
+            Ok(())
+        }
+        Some(Err(e)) => {
+            let board_file = s.project.rel(&eval.board.span.file).display().to_string();
+            let mut msg = format!("error: image for board `{}`: {e}", eval.board.name);
+            if let Some(help) = e.help(&board_file) {
+                msg.push_str(&format!("\n  = help: {help}"));
+            }
+            msg.push_str("\n  = note: no image was written; out/ still holds the previous one, if any");
+            Err(Failure::build(msg))
+        }
+        None => Ok(()),
+    }
+}
+
+/// The image summary: where the files are and what is on the disk.
+fn print_image(s: &Session, img: &image::ImageResult) {
+    let m = &img.manifest;
+    let rel = |p: &Path| s.project.rel(p).display().to_string();
+    println!(
+        "{} ({} MiB, sha256 {})",
+        rel(&img.published.image),
+        m.image.size / kiln_disk::MIB,
+        m.image.sha256
+    );
+    println!("{} ({} bytes)", rel(&img.published.compressed), m.compressed.size);
+    println!("{}", rel(&img.published.manifest));
+    for p in &m.partitions {
+        println!(
+            "  p{} {:<12} {:<5} {:>5} MiB at {:>5} MiB  {}",
+            p.number,
+            p.label,
+            p.filesystem,
+            p.size / kiln_disk::MIB,
+            p.start / kiln_disk::MIB,
+            &p.sha256[..16]
+        );
+    }
 }
 
 /// `out/<board>/<recipe>` → the output in the store, like Nix's `result`.

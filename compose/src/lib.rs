@@ -13,6 +13,7 @@ pub mod dsl;
 pub mod fetch;
 pub mod graph;
 pub mod hashing;
+pub mod image;
 pub mod key;
 pub mod model;
 pub mod progress;

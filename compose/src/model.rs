@@ -227,6 +227,8 @@ pub struct PartitionLayout {
     pub root_mib: u64,
     pub state_mib: u64,
     pub data_mib: u64,
+    /// The whole disk; 0 makes it as small as the partitions allow.
+    pub disk_mib: u64,
 }
 
 impl Default for PartitionLayout {
@@ -239,6 +241,28 @@ impl Default for PartitionLayout {
             root_mib: 320,
             state_mib: 20,
             data_mib: 192,
+            disk_mib: 0,
+        }
+    }
+}
+
+/// What the OS calls itself in `/etc/os-release` and on the boot partition.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OsRelease {
+    /// `ID`: lower case, digits, `.`, `_`, `-`.
+    pub id: String,
+    /// `NAME`: free text.
+    pub name: String,
+    /// `VERSION_ID`.
+    pub version: String,
+}
+
+impl Default for OsRelease {
+    fn default() -> Self {
+        OsRelease {
+            id: "kiln".into(),
+            name: "Kiln OS".into(),
+            version: "0.1.0".into(),
         }
     }
 }
@@ -260,6 +284,10 @@ pub struct Board {
     pub kernel: Option<KernelConfig>,
     pub bootloader: Option<BootloaderConfig>,
     pub partitions: PartitionLayout,
+    pub os: OsRelease,
+    /// The board's `config.json` defaults, merged over Kiln's own
+    /// (`deviceType`, `developmentMode: false`, `persistentLogging: false`).
+    pub config_json: serde_json::Map<String, serde_json::Value>,
     pub packages: Vec<String>,
     /// Where each package name was written.
     #[serde(skip)]

@@ -801,9 +801,12 @@ pub const BOARD_FIELDS: &[&str] = &[
     "kernel",
     "bootloader",
     "partitions",
+    "os",
+    "config_json",
     "packages",
     "overrides",
 ];
+const OS_FIELDS: &[&str] = &["id", "name", "version"];
 const TARGET_FIELDS: &[&str] = &["arch", "triple", "rust_triple", "cpu_flags"];
 const TOOLCHAIN_FIELDS: &[&str] = &[
     "name",
@@ -833,6 +836,7 @@ const PARTITION_FIELDS: &[&str] = &[
     "root_mib",
     "state_mib",
     "data_mib",
+    "disk_mib",
 ];
 
 pub const ARCHES: &[&str] = &["aarch64", "x86_64"];
@@ -970,11 +974,56 @@ pub fn board(
                 root_mib: mib(&mut s, "root_mib", d.root_mib),
                 state_mib: mib(&mut s, "state_mib", d.state_mib),
                 data_mib: mib(&mut s, "data_mib", d.data_mib),
+                disk_mib: mib(&mut s, "disk_mib", d.disk_mib),
             };
             f.errors.append(&mut s.errors);
             layout
         }
         None => PartitionLayout::default(),
+    };
+    let os = match f.map("os") {
+        Some(m) => {
+            let mut s = sub_fields(&f, &f.sub("os"), &m, "os", OS_FIELDS);
+            let d = OsRelease::default();
+            let os = OsRelease {
+                id: s.string("id").unwrap_or(d.id),
+                name: s.string("name").unwrap_or(d.name),
+                version: s.string("version").unwrap_or(d.version),
+            };
+            let id_ok = !os.id.is_empty()
+                && os.id.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b)
+                });
+            if !id_ok {
+                let p = s.sub("id");
+                s.error(
+                    &p,
+                    format!("os id `{}` is not a valid os-release ID", os.id),
+                    "use lower case letters, digits, `.`, `_` and `-` (e.g. \"kiln\")",
+                );
+            }
+            f.errors.append(&mut s.errors);
+            os
+        }
+        None => OsRelease::default(),
+    };
+    let config_json = match f.map("config_json") {
+        Some(m) => {
+            let path = f.sub("config_json");
+            match json_of(&Dynamic::from_map(m)) {
+                Ok(serde_json::Value::Object(o)) => o,
+                Ok(_) => serde_json::Map::new(),
+                Err(what) => {
+                    f.error(
+                        &path,
+                        format!("config_json: {what}"),
+                        "config.json values are strings, integers, booleans, arrays and maps",
+                    );
+                    serde_json::Map::new()
+                }
+            }
+        }
+        None => serde_json::Map::new(),
     };
     let mut packages = Vec::new();
     let mut package_spans = BTreeMap::new();
@@ -1001,6 +1050,8 @@ pub fn board(
             kernel,
             bootloader,
             partitions,
+            os,
+            config_json,
             packages,
             package_spans,
             overrides: Vec::new(),
@@ -1008,6 +1059,35 @@ pub fn board(
         }),
         _ => Err(f.errors),
     }
+}
+
+/// A Rhai value as JSON (for `config_json`); the error names the first
+/// value that has no JSON form.
+fn json_of(v: &Dynamic) -> Result<serde_json::Value, String> {
+    use serde_json::Value;
+    if v.is_unit() {
+        return Ok(Value::Null);
+    }
+    if let Ok(b) = v.as_bool() {
+        return Ok(Value::Bool(b));
+    }
+    if let Ok(i) = v.as_int() {
+        return Ok(Value::from(i));
+    }
+    if let Ok(s) = v.clone().into_immutable_string() {
+        return Ok(Value::String(s.to_string()));
+    }
+    if let Some(a) = v.read_lock::<rhai::Array>() {
+        return a.iter().map(json_of).collect::<Result<Vec<_>, _>>().map(Value::Array);
+    }
+    if let Some(m) = v.read_lock::<Map>() {
+        let mut o = serde_json::Map::new();
+        for (k, v) in m.iter() {
+            o.insert(k.to_string(), json_of(v).map_err(|e| format!("`{k}`: {e}"))?);
+        }
+        return Ok(Value::Object(o));
+    }
+    Err(format!("{} has no JSON form", type_name(v)))
 }
 
 /// Hashes a kernel fragment, which must be a plain relative path inside
