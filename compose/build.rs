@@ -38,7 +38,10 @@ fn main() {
         h.update(&(bytes.len() as u64).to_le_bytes());
         h.update(&bytes);
     }
-    println!("cargo:rustc-env=KILN_IMAGE_WRITERS={}", h.finalize().to_hex());
+    println!(
+        "cargo:rustc-env=KILN_IMAGE_WRITERS={}",
+        h.finalize().to_hex()
+    );
 }
 
 /// Source files below `path` (tests and build output excluded: they don't

@@ -9,12 +9,12 @@ use clap::{Parser, Subcommand, ValueEnum};
 use kiln_cache::{Root, Store};
 use serde::Deserialize;
 
-use crate::image;
 use crate::build::{self, Context, Options};
 use crate::diag::Diagnostics;
 use crate::dsl::{self, Evaluation, Project};
 use crate::fetch::Mirror;
 use crate::graph::{self, Plan};
+use crate::image;
 use crate::key;
 use crate::model::Span;
 use crate::progress::{Mode, Progress};
@@ -502,7 +502,9 @@ fn cmd_build(
             if let Some(help) = e.help(&board_file) {
                 msg.push_str(&format!("\n  = help: {help}"));
             }
-            msg.push_str("\n  = note: no image was written; out/ still holds the previous one, if any");
+            msg.push_str(
+                "\n  = note: no image was written; out/ still holds the previous one, if any",
+            );
             Err(Failure::build(msg))
         }
         None => Ok(()),
@@ -519,7 +521,11 @@ fn print_image(s: &Session, img: &image::ImageResult) {
         m.image.size / kiln_disk::MIB,
         m.image.sha256
     );
-    println!("{} ({} bytes)", rel(&img.published.compressed), m.compressed.size);
+    println!(
+        "{} ({} bytes)",
+        rel(&img.published.compressed),
+        m.compressed.size
+    );
     println!("{}", rel(&img.published.manifest));
     for p in &m.partitions {
         println!(

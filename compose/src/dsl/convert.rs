@@ -991,9 +991,10 @@ pub fn board(
                 version: s.string("version").unwrap_or(d.version),
             };
             let id_ok = !os.id.is_empty()
-                && os.id.bytes().all(|b| {
-                    b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b)
-                });
+                && os
+                    .id
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
             if !id_ok {
                 let p = s.sub("id");
                 s.error(
@@ -1078,12 +1079,19 @@ fn json_of(v: &Dynamic) -> Result<serde_json::Value, String> {
         return Ok(Value::String(s.to_string()));
     }
     if let Some(a) = v.read_lock::<rhai::Array>() {
-        return a.iter().map(json_of).collect::<Result<Vec<_>, _>>().map(Value::Array);
+        return a
+            .iter()
+            .map(json_of)
+            .collect::<Result<Vec<_>, _>>()
+            .map(Value::Array);
     }
     if let Some(m) = v.read_lock::<Map>() {
         let mut o = serde_json::Map::new();
         for (k, v) in m.iter() {
-            o.insert(k.to_string(), json_of(v).map_err(|e| format!("`{k}`: {e}"))?);
+            o.insert(
+                k.to_string(),
+                json_of(v).map_err(|e| format!("`{k}`: {e}"))?,
+            );
         }
         return Ok(Value::Object(o));
     }

@@ -14,7 +14,9 @@ use kiln_rootfs::{OsInfo, Package};
 use sha2::{Digest as _, Sha256};
 
 use super::error::ImageError;
-use super::manifest::{FileInfo, ImageManifest, PackageInfo, PartitionInfo, RootfsInfo, MANIFEST_SCHEMA};
+use super::manifest::{
+    FileInfo, ImageManifest, PackageInfo, PartitionInfo, RootfsInfo, MANIFEST_SCHEMA,
+};
 use super::{ImageInput, ImageInputs, STORED_IMAGE, STORED_MANIFEST};
 use crate::build::Context;
 
@@ -104,12 +106,7 @@ pub fn assemble(
     let store = ctx.store;
     let board_file = ctx.project.rel(&ctx.eval.board.span.file);
     let layout = layout_spec(&inputs.partitions).compute()?;
-    let part_bytes = |role: Role| {
-        layout
-            .get(role)
-            .map(|p| p.size_bytes())
-            .unwrap_or_default()
-    };
+    let part_bytes = |role: Role| layout.get(role).map(|p| p.size_bytes()).unwrap_or_default();
 
     log.step("rootfs");
     let mut packages = Vec::with_capacity(inputs.packages.len());
@@ -143,7 +140,10 @@ pub fn assemble(
         rootfs.report.elf_checked
     ));
     for unit in &rootfs.bind_units {
-        log.line(&format!("state bind: {} ({} -> {})", unit.unit, unit.what, unit.target));
+        log.line(&format!(
+            "state bind: {} ({} -> {})",
+            unit.unit, unit.what, unit.target
+        ));
     }
 
     log.step("strip");
@@ -248,7 +248,11 @@ pub fn assemble(
         let s = kiln_ext4::write(&tree, &opts, &mut f)
             .map_err(|source| ImageError::Ext4 { label, source })?;
         f.sync_all().map_err(io_err("syncing", &path))?;
-        log.line(&format!("{label}: {} blocks, UUID {}", s.blocks, s.uuid_string()));
+        log.line(&format!(
+            "{label}: {} blocks, UUID {}",
+            s.blocks,
+            s.uuid_string()
+        ));
         ext4.push((path, s));
     }
     let (state_img, state_fs) = ext4.remove(0);
@@ -272,7 +276,12 @@ pub fn assemble(
         data: Content::Image(data_img),
     };
     let disk_path = work.join("disk.img");
-    let disk = kiln_disk::assemble(&layout, &contents, &ImageOptions::new(content_hash), &disk_path)?;
+    let disk = kiln_disk::assemble(
+        &layout,
+        &contents,
+        &ImageOptions::new(content_hash),
+        &disk_path,
+    )?;
     log.line(&format!(
         "{} bytes ({} allocated), sha256 {}; {} bytes compressed",
         disk.size_bytes,
@@ -410,7 +419,14 @@ fn fs_tree_err(e: kiln_fstree::TreeError) -> ImageError {
 
 fn uuid_string(u: &[u8; 16]) -> String {
     let h = kiln_disk::hex(u);
-    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
 }
 
 fn sha256_file(path: &Path) -> Result<String, ImageError> {
@@ -426,20 +442,21 @@ fn sha256_file(path: &Path) -> Result<String, ImageError> {
 fn boot_tree(ctx: &Context, inputs: &ImageInputs, os: &OsInfo) -> Result<Tree, ImageError> {
     let mut tree = Tree::new();
     let mut owners: std::collections::BTreeMap<String, String> = Default::default();
-    let mut add = |tree: &mut Tree, path: &str, node: Node, owner: &str| -> Result<(), ImageError> {
-        if let Some(first) = owners.get(path) {
-            if !matches!(node.kind, Kind::Dir) {
-                return Err(ImageError::BootConflict {
-                    path: path.into(),
-                    first: first.clone(),
-                    second: owner.into(),
-                });
+    let mut add =
+        |tree: &mut Tree, path: &str, node: Node, owner: &str| -> Result<(), ImageError> {
+            if let Some(first) = owners.get(path) {
+                if !matches!(node.kind, Kind::Dir) {
+                    return Err(ImageError::BootConflict {
+                        path: path.into(),
+                        first: first.clone(),
+                        second: owner.into(),
+                    });
+                }
+                return Ok(());
             }
-            return Ok(());
-        }
-        owners.insert(path.into(), owner.into());
-        tree.insert(path, node).map_err(fs_tree_err)
-    };
+            owners.insert(path.into(), owner.into());
+            tree.insert(path, node).map_err(fs_tree_err)
+        };
 
     for input in inputs.kernel.iter().chain(inputs.bootloader.iter()) {
         let output = digest(&input.output)?;
@@ -500,7 +517,12 @@ fn boot_tree(ctx: &Context, inputs: &ImageInputs, os: &OsInfo) -> Result<Tree, I
         (&format!("/{BOOT_ENV_FILE}"), BOOT_ENV.as_bytes().to_vec()),
     ];
     for (path, bytes) in generated {
-        add(&mut tree, path, Node::file(Data::Bytes(bytes), 0o644), "kiln")?;
+        add(
+            &mut tree,
+            path,
+            Node::file(Data::Bytes(bytes), 0o644),
+            "kiln",
+        )?;
     }
     add(&mut tree, "/system-connections", Node::dir(0o755), "kiln")?;
     Ok(tree)

@@ -8,7 +8,9 @@ use kiln_cache::StoreError;
 /// [`ImageError::help`] says what to change.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
-    #[error("package `{package}` has no output (it failed or was skipped), so the image cannot be made")]
+    #[error(
+        "package `{package}` has no output (it failed or was skipped), so the image cannot be made"
+    )]
     NotBuilt { package: String },
 
     #[error("the store: {0}")]
@@ -48,9 +50,7 @@ pub enum ImageError {
     #[error("disk image: {0}")]
     Disk(#[from] kiln_disk::ImageError),
 
-    #[error(
-        "`{path}` goes on the boot partition from both `{first}` and `{second}`"
-    )]
+    #[error("`{path}` goes on the boot partition from both `{first}` and `{second}`")]
     BootConflict {
         path: String,
         first: String,

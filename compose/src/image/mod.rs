@@ -117,10 +117,9 @@ pub fn inputs(
     let board = &ctx.eval.board;
     let input = |name: &str, rootfs: bool| -> Result<ImageInput, ImageError> {
         let r = results.get(name);
-        let (Some(key), Some(output)) = (
-            r.and_then(NodeResult::key),
-            r.and_then(NodeResult::output),
-        ) else {
+        let (Some(key), Some(output)) =
+            (r.and_then(NodeResult::key), r.and_then(NodeResult::output))
+        else {
             return Err(ImageError::NotBuilt {
                 package: name.to_string(),
             });
@@ -132,8 +131,16 @@ pub fn inputs(
             license: recipe.license.clone(),
             key: key.to_hex(),
             output: output.to_hex(),
-            state: if rootfs { recipe.state.clone() } else { Vec::new() },
-            units: if rootfs { recipe.units.clone() } else { Vec::new() },
+            state: if rootfs {
+                recipe.state.clone()
+            } else {
+                Vec::new()
+            },
+            units: if rootfs {
+                recipe.units.clone()
+            } else {
+                Vec::new()
+            },
         })
     };
     let packages = rootfs_packages(ctx)
@@ -225,8 +232,13 @@ pub fn run(
             },
         )?;
         let stored = store.materialize(&output)?;
-        let published =
-            publish::publish(out_dir, board, &key.to_hex(), &stored, Some(&made.disk_image))?;
+        let published = publish::publish(
+            out_dir,
+            board,
+            &key.to_hex(),
+            &stored,
+            Some(&made.disk_image),
+        )?;
         Ok((output, published, made.manifest))
     });
     // The log is kept for `kiln log image` whether or not the image was made.
