@@ -99,8 +99,60 @@ enum Command {
     Check,
     /// List every remote source of every recipe (for scripts/seed-sources).
     Sources,
+    /// Write one of Kiln's filesystems, or a whole disk, from directories
+    /// (with their real owners and modes). No project needed.
+    Fs {
+        #[command(subcommand)]
+        what: FsCommand,
+    },
     #[command(name = "__sandbox", hide = true)]
     Sandbox { spec: PathBuf },
+}
+
+#[derive(Subcommand, Debug)]
+enum FsCommand {
+    /// An EROFS image (what Kiln writes for root filesystems).
+    Erofs {
+        dir: PathBuf,
+        out: PathBuf,
+        /// `lz4hc` (level 9, as mkfs.erofs -zlz4hc), `lz4`, or `none`.
+        #[arg(long, default_value = "lz4hc")]
+        compress: String,
+        #[arg(long)]
+        label: Option<String>,
+    },
+    /// An ext4 image with a journal (what Kiln writes for state and data).
+    Ext4 {
+        dir: PathBuf,
+        out: PathBuf,
+        #[arg(long)]
+        size_mib: u64,
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// A balenaOS-layout disk: FAT boot, EROFS root A, empty root B, ext4
+    /// state and data; writes OUT and OUT.zst.
+    Disk {
+        out: PathBuf,
+        #[arg(long)]
+        root: PathBuf,
+        #[arg(long)]
+        boot: Option<PathBuf>,
+        #[arg(long)]
+        state: Option<PathBuf>,
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[arg(long, default_value_t = 40)]
+        boot_mib: u64,
+        #[arg(long, default_value_t = 320)]
+        root_mib: u64,
+        #[arg(long, default_value_t = 20)]
+        state_mib: u64,
+        #[arg(long, default_value_t = 192)]
+        data_mib: u64,
+        #[arg(long)]
+        gpt: bool,
+    },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -147,7 +199,11 @@ pub fn main() -> ExitCode {
     if let Command::Sandbox { spec } = &cli.command {
         return ExitCode::from(crate::sandbox::sandbox_main(spec).clamp(0, 255) as u8);
     }
-    match run(cli) {
+    let result = match &cli.command {
+        Command::Fs { what } => cmd_fs(what),
+        _ => run(cli),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
             eprintln!("{}", f.message.trim_end());
@@ -363,8 +419,76 @@ fn run(cli: Cli) -> CliResult {
         Command::Gc { max_age_days } => cmd_gc(&s, *max_age_days),
         Command::Check => cmd_check(&s),
         Command::Sources => cmd_sources(&s),
-        Command::Sandbox { .. } => Ok(()),
+        Command::Sandbox { .. } | Command::Fs { .. } => Ok(()),
     }
+}
+
+fn cmd_fs(what: &FsCommand) -> CliResult {
+    use crate::mkfs;
+    let fail = |e: String| Failure::build(format!("error: {e}"));
+    match what {
+        FsCommand::Erofs {
+            dir,
+            out,
+            compress,
+            label,
+        } => {
+            let c = match compress.as_str() {
+                "lz4hc" => kiln_erofs::Compression::Lz4hc { level: 9 },
+                "lz4" => kiln_erofs::Compression::Lz4,
+                "none" => kiln_erofs::Compression::None,
+                other => {
+                    return Err(Failure::usage(format!(
+                        "error: unknown compression `{other}`\n  = help: use lz4hc, lz4 or none"
+                    )))
+                }
+            };
+            let s = mkfs::erofs(dir, out, c, label.clone()).map_err(fail)?;
+            println!("{}: {} bytes, {} inodes", out.display(), s.bytes, s.inodes);
+        }
+        FsCommand::Ext4 {
+            dir,
+            out,
+            size_mib,
+            label,
+        } => {
+            let s = mkfs::ext4(Some(dir), out, size_mib * kiln_disk::MIB, label).map_err(fail)?;
+            println!("{}: {} blocks, UUID {}", out.display(), s.blocks, s.uuid_string());
+        }
+        FsCommand::Disk {
+            out,
+            root,
+            boot,
+            state,
+            data,
+            boot_mib,
+            root_mib,
+            state_mib,
+            data_mib,
+            gpt,
+        } => {
+            let table = if *gpt {
+                kiln_disk::TableKind::Gpt
+            } else {
+                kiln_disk::TableKind::Mbr
+            };
+            let spec = mkfs::spec(table, *boot_mib, *root_mib, *state_mib, *data_mib);
+            let dirs = mkfs::DiskDirs {
+                boot: boot.as_deref(),
+                root,
+                state: state.as_deref(),
+                data: data.as_deref(),
+            };
+            let s = mkfs::disk(&dirs, &spec, out).map_err(fail)?;
+            println!(
+                "{}: {} bytes, sha256 {}",
+                out.display(),
+                s.size_bytes,
+                kiln_disk::hex(&s.sha256)
+            );
+        }
+    }
+    Ok(())
 }
 
 fn is_board(s: &Session, target: &str) -> bool {

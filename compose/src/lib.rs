@@ -15,6 +15,7 @@ pub mod graph;
 pub mod hashing;
 pub mod image;
 pub mod key;
+pub mod mkfs;
 pub mod model;
 pub mod progress;
 pub mod sandbox;
