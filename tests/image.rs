@@ -114,7 +114,7 @@ fn board_build_ends_in_a_checked_cached_image() {
     // Every package with its version and its key, as `kiln show` has it.
     let packages = m["packages"].as_array().expect("packages");
     let names: Vec<&str> = packages.iter().filter_map(|p| p["name"].as_str()).collect();
-    assert_eq!(names, ["base-files", "busybox", "sysroot"]);
+    assert_eq!(names, ["base-files", "busybox", "busybox-init", "sysroot"]);
     let o = kiln_in(&project, &store, &["show", "busybox", "--board", BOARD]);
     let show: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("show json");
     let busybox = &packages[1];
