@@ -99,6 +99,29 @@ enum Command {
     Check,
     /// List every remote source of every recipe (for scripts/seed-sources).
     Sources,
+    /// Boot a board's built image in QEMU (serial console on stdio).
+    Run {
+        /// The board (default: kiln.toml's default_board).
+        board: Option<String>,
+        /// Keep the guest's changes in out/<board>.img (default: -snapshot).
+        #[arg(long)]
+        persist: bool,
+        /// Host port forwarded to the guest's SSH (22222).
+        #[arg(long, default_value_t = 22222)]
+        ssh_port: u16,
+        /// Host port forwarded to the guest's supervisor API (48484).
+        #[arg(long, default_value_t = 48484)]
+        api_port: u16,
+        /// Print the QEMU command instead of running it.
+        #[arg(long)]
+        dry_run: bool,
+        /// Boot this copy of the image instead of out/<board>.img.
+        #[arg(long)]
+        image: Option<PathBuf>,
+        /// Extra QEMU arguments (after `--`).
+        #[arg(last = true)]
+        qemu_args: Vec<String>,
+    },
     /// Write one of Kiln's filesystems, or a whole disk, from directories
     /// (with their real owners and modes). No project needed.
     Fs {
@@ -419,7 +442,56 @@ fn run(cli: Cli) -> CliResult {
         Command::Gc { max_age_days } => cmd_gc(&s, *max_age_days),
         Command::Check => cmd_check(&s),
         Command::Sources => cmd_sources(&s),
+        Command::Run {
+            board,
+            persist,
+            ssh_port,
+            api_port,
+            dry_run,
+            image,
+            qemu_args,
+        } => {
+            let opts = crate::run::RunOptions {
+                image: image.clone(),
+                persist: *persist,
+                ssh_port: *ssh_port,
+                api_port: *api_port,
+                extra: qemu_args.clone(),
+            };
+            cmd_run(&s, board.as_deref(), &opts, *dry_run)
+        }
         Command::Sandbox { .. } | Command::Fs { .. } => Ok(()),
+    }
+}
+
+fn cmd_run(
+    s: &Session,
+    board: Option<&str>,
+    opts: &crate::run::RunOptions,
+    dry_run: bool,
+) -> CliResult {
+    let board = s.board_name(board)?;
+    let eval = s.evaluate(&board)?;
+    let out_dir = s.project.root.join("out");
+    let mut cmd = crate::run::command(&eval.board, &out_dir, opts)
+        .map_err(|e| Failure::usage(format!("error: {e}\n  = help: {}", e.help())))?;
+    if dry_run {
+        let args: Vec<String> = std::iter::once(cmd.get_program())
+            .chain(cmd.get_args())
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        println!("{}", args.join(" "));
+        return Ok(());
+    }
+    let status = cmd
+        .status()
+        .map_err(|e| Failure::usage(format!("error: cannot start QEMU: {e}")))?;
+    match status.code() {
+        Some(0) => Ok(()),
+        code => Err(Failure {
+            message: format!("kiln run: QEMU exited with {status}"),
+            code: code.unwrap_or(1).clamp(1, 255) as u8,
+        }),
     }
 }
 
@@ -453,7 +525,12 @@ fn cmd_fs(what: &FsCommand) -> CliResult {
             label,
         } => {
             let s = mkfs::ext4(Some(dir), out, size_mib * kiln_disk::MIB, label).map_err(fail)?;
-            println!("{}: {} blocks, UUID {}", out.display(), s.blocks, s.uuid_string());
+            println!(
+                "{}: {} blocks, UUID {}",
+                out.display(),
+                s.blocks,
+                s.uuid_string()
+            );
         }
         FsCommand::Disk {
             out,

@@ -18,5 +18,6 @@ pub mod key;
 pub mod mkfs;
 pub mod model;
 pub mod progress;
+pub mod run;
 pub mod sandbox;
 pub mod toolchain;

@@ -72,7 +72,9 @@ pub fn erofs(
         label,
         tail_packing: true,
     };
-    atomically(out, |f| kiln_erofs::write(&t, &opts, f).map_err(|e| e.to_string()))
+    atomically(out, |f| {
+        kiln_erofs::write(&t, &opts, f).map_err(|e| e.to_string())
+    })
 }
 
 pub fn ext4(
@@ -90,10 +92,16 @@ pub fn ext4(
         epoch: epoch().min(u32::MAX as u64) as u32,
         ..kiln_ext4::Options::new(size_bytes)
     };
-    atomically(out, |f| kiln_ext4::write(&t, &opts, f).map_err(|e| e.to_string()))
+    atomically(out, |f| {
+        kiln_ext4::write(&t, &opts, f).map_err(|e| e.to_string())
+    })
 }
 
-pub fn fat(dir: Option<&Path>, out: &Path, size_bytes: u64) -> Result<kiln_disk::FatSummary, String> {
+pub fn fat(
+    dir: Option<&Path>,
+    out: &Path,
+    size_bytes: u64,
+) -> Result<kiln_disk::FatSummary, String> {
     let t = match dir {
         Some(d) => tree(d)?,
         None => Tree::new(),
@@ -102,7 +110,9 @@ pub fn fat(dir: Option<&Path>, out: &Path, size_bytes: u64) -> Result<kiln_disk:
         epoch: epoch(),
         ..FatOptions::new(size_bytes)
     };
-    atomically(out, |f| kiln_disk::fat::write(&t, &opts, f).map_err(|e| e.to_string()))
+    atomically(out, |f| {
+        kiln_disk::fat::write(&t, &opts, f).map_err(|e| e.to_string())
+    })
 }
 
 /// Directories for each partition of a balenaOS disk (root B stays empty).
@@ -173,8 +183,13 @@ pub fn disk(
             state: Content::Image(state),
             data: Content::Image(data),
         };
-        kiln_disk::assemble(&layout, &contents, &ImageOptions::new(*h.finalize().as_bytes()), out)
-            .map_err(|e| e.to_string())
+        kiln_disk::assemble(
+            &layout,
+            &contents,
+            &ImageOptions::new(*h.finalize().as_bytes()),
+            out,
+        )
+        .map_err(|e| e.to_string())
     })();
     let _ = fs::remove_dir_all(&scratch);
     result
@@ -190,4 +205,3 @@ pub fn spec(table: TableKind, boot: u64, root: u64, state: u64, data: u64) -> La
         ..LayoutSpec::balena_defaults(table)
     }
 }
-

@@ -267,6 +267,26 @@ impl Default for OsRelease {
     }
 }
 
+/// How `kiln run` boots the board's image in QEMU. Board data, so a new
+/// board needs no Rust change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QemuConfig {
+    /// `qemu-system-x86_64`, `qemu-system-aarch64`, ...
+    pub binary: String,
+    pub machine: String,
+    pub cpu: String,
+    pub memory_mib: u64,
+    /// Firmware (`-bios`), a path inside the bootloader recipe's output;
+    /// empty for none.
+    pub firmware: String,
+    /// `-drive if=` for the disk (`virtio`, `ide`, ...).
+    pub drive: String,
+    /// The network device model (`virtio-net-pci`, `virtio-net-device`).
+    pub net: String,
+    /// Anything else, passed as is.
+    pub args: Vec<String>,
+}
+
 /// A recipe attribute change applied by a board, like a bbappend or overlay.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Override {
@@ -285,6 +305,7 @@ pub struct Board {
     pub bootloader: Option<BootloaderConfig>,
     pub partitions: PartitionLayout,
     pub os: OsRelease,
+    pub qemu: Option<QemuConfig>,
     /// The board's `config.json` defaults, merged over Kiln's own
     /// (`deviceType`, `developmentMode: false`, `persistentLogging: false`).
     pub config_json: serde_json::Map<String, serde_json::Value>,

@@ -802,11 +802,22 @@ pub const BOARD_FIELDS: &[&str] = &[
     "bootloader",
     "partitions",
     "os",
+    "qemu",
     "config_json",
     "packages",
     "overrides",
 ];
 const OS_FIELDS: &[&str] = &["id", "name", "version"];
+const QEMU_FIELDS: &[&str] = &[
+    "binary",
+    "machine",
+    "cpu",
+    "memory_mib",
+    "firmware",
+    "drive",
+    "net",
+    "args",
+];
 const TARGET_FIELDS: &[&str] = &["arch", "triple", "rust_triple", "cpu_flags"];
 const TOOLCHAIN_FIELDS: &[&str] = &[
     "name",
@@ -1008,6 +1019,21 @@ pub fn board(
         }
         None => OsRelease::default(),
     };
+    let qemu = f.map("qemu").map(|m| {
+        let mut s = sub_fields(&f, &f.sub("qemu"), &m, "qemu", QEMU_FIELDS);
+        let q = QemuConfig {
+            binary: s.req_string("binary"),
+            machine: s.req_string("machine"),
+            cpu: s.opt_string("cpu"),
+            memory_mib: s.int("memory_mib", 16, 1 << 20).unwrap_or(512) as u64,
+            firmware: s.opt_string("firmware"),
+            drive: s.string("drive").unwrap_or_else(|| "virtio".into()),
+            net: s.string("net").unwrap_or_else(|| "virtio-net-pci".into()),
+            args: s.strings("args").into_iter().map(|(a, _)| a).collect(),
+        };
+        f.errors.append(&mut s.errors);
+        q
+    });
     let config_json = match f.map("config_json") {
         Some(m) => {
             let path = f.sub("config_json");
@@ -1052,6 +1078,7 @@ pub fn board(
             bootloader,
             partitions,
             os,
+            qemu,
             config_json,
             packages,
             package_spans,
