@@ -246,14 +246,16 @@ fn kernel_fragments_and_bootloader_config_reach_their_recipes() {
             &["for f in $KILN_KCONFIG_FRAGMENTS; do cat $f; done > /out/config; echo $KILN_KCONFIG_BASE >> /out/config"],
         ),
     );
-    p.write(
-        "recipes/loader.rhai",
-        &shell_recipe(
-            "loader",
-            &[],
-            &["echo $KILN_BOOTLOADER_CONFIG > /out/config"],
-        ),
+    let loader = shell_recipe(
+        "loader",
+        &[],
+        &["echo $KILN_BOOTLOADER_CONFIG > /out/config"],
+    )
+    .replace(
+        "    steps:",
+        "    provides: [\"ab-boot\", \"table:mbr\"],\n    steps:",
     );
+    p.write("recipes/loader.rhai", &loader);
     p.write("boards/kernel/common.config", "CONFIG_EROFS_FS=y\n");
     p.write("boards/test/kernel.config", "CONFIG_VIRTIO_BLK=y\n");
     let board = BOARD.replace("PACKAGES", "[]").replace(
@@ -313,4 +315,26 @@ fn kernel_fragments_and_bootloader_config_reach_their_recipes() {
     );
     assert!(err.contains("boards/test-board.rhai:8:"), "{err}");
     assert!(err.contains("did you mean `loader`?"), "{err}");
+
+    // A bootloader without A/B support, or one that can't read the board's
+    // partition table, is refused before anything is built.
+    p.write("boards/test-board.rhai", &board);
+    p.write("recipes/loader.rhai", &loader.replace("\"ab-boot\", ", ""));
+    let err = check_fails(&p);
+    assert!(
+        err.contains("bootloader recipe `loader` does not provide `ab-boot`: it can't do the balenaOS A/B root selection"),
+        "{err}"
+    );
+    assert!(err.contains("`loader` provides: [table:mbr]"), "{err}");
+    p.write("recipes/loader.rhai", &loader);
+    let gpt = board.replace(
+        "packages:",
+        "partitions: #{ table: \"gpt\" },\n    packages:",
+    );
+    p.write("boards/test-board.rhai", &gpt);
+    let err = check_fails(&p);
+    assert!(
+        err.contains("does not provide `table:gpt`: it can't do a gpt partition table"),
+        "{err}"
+    );
 }

@@ -175,6 +175,9 @@ pub struct Recipe {
     /// systemd units (file names) the output ships.
     pub units: Vec<String>,
     pub permissions: Vec<Permission>,
+    /// Capabilities a board can require of the recipe (a bootloader's
+    /// `ab-boot`, `table:mbr`); checked at evaluation, never hashed.
+    pub provides: Vec<String>,
     /// Where the script lives; never hashed.
     pub span: Span,
     /// The recipe's files directory (`recipes/<stem>/`); never hashed.

@@ -321,6 +321,7 @@ pub const RECIPE_FIELDS: &[&str] = &[
     "state",
     "units",
     "permissions",
+    "provides",
 ];
 const REMOTE_FIELDS: &[&str] = &[
     "url", "sha256", "blake3", "debian", "strip", "dest", "unpack",
@@ -387,6 +388,7 @@ pub fn recipe(map: &Map, loc: &Locator, files_dir: &Path) -> Result<Recipe, Vec<
     let installs = abs_paths(&mut f, "installs");
     let state = abs_paths(&mut f, "state");
     let units = f.strings("units").into_iter().map(|(s, _)| s).collect();
+    let provides = f.strings("provides").into_iter().map(|(s, _)| s).collect();
     let mut permissions = Vec::new();
     for (path, item) in f.array("permissions") {
         if let Some(p) = permission(&mut f, &path, &item) {
@@ -412,6 +414,7 @@ pub fn recipe(map: &Map, loc: &Locator, files_dir: &Path) -> Result<Recipe, Vec<
             installs,
             state,
             units,
+            provides,
             permissions,
             span,
             files_dir: files_dir.to_path_buf(),

@@ -418,6 +418,10 @@ pub fn evaluate(project: &Project, board_path: &Path) -> Result<Evaluation, Diag
     }
 }
 
+/// What a board's bootloader recipe must `provide`, besides the board's
+/// partition table (`table:mbr`, `table:gpt`).
+pub const AB_BOOT: &str = "ab-boot";
+
 /// Hands the board's kernel and bootloader sections to their recipes as
 /// sources and environment, so the configuration is part of their keys.
 fn apply_boot_sections(
@@ -462,6 +466,39 @@ fn apply_boot_sections(
             Some(r) => {
                 r.env
                     .insert("KILN_BOOTLOADER_CONFIG".into(), b.config.clone());
+                // What the image needs of its bootloader, asked at evaluation
+                // rather than found out as a hang in QEMU.
+                let table = format!("table:{}", board.partitions.table);
+                let needs = [
+                    (
+                        AB_BOOT,
+                        "the balenaOS A/B root selection with boot counting".to_string(),
+                    ),
+                    (
+                        table.as_str(),
+                        format!("a {} partition table", board.partitions.table),
+                    ),
+                ];
+                for (need, what) in needs {
+                    if !r.provides.iter().any(|p| p == need) {
+                        errors.push(
+                            Diagnostic::new(
+                                b.span.clone(),
+                                format!(
+                                    "bootloader recipe `{}` does not provide `{need}`: it can't do {what}",
+                                    r.name
+                                ),
+                            )
+                            .note(
+                                r.span.clone(),
+                                format!("`{}` provides: [{}]", r.name, r.provides.join(", ")),
+                            )
+                            .help(format!(
+                                "use a bootloader recipe that provides `{need}`, or change the board's partitions"
+                            )),
+                        );
+                    }
+                }
             }
             None => missing(&b.recipe, &b.span, "bootloader", recipes),
         }
