@@ -576,3 +576,80 @@ fn a_program_whose_library_is_missing() {
         "{err}"
     );
 }
+
+/// Changing one kernel config fragment rebuilds the kernel and the image,
+/// nothing else. (A shell "kernel" keeps this fast; the real one is keyed
+/// the same way.)
+#[test]
+fn a_fragment_change_rebuilds_only_the_kernel_and_the_image() {
+    let p = image_project(SMALL);
+    p.write(
+        "recipes/a.rhai",
+        &shell_recipe("a", &[], &["mkdir -p /out/etc && echo a > /out/etc/a"]),
+    );
+    p.write("recipes/b.rhai", &shell_recipe("b", &[], &["true"]));
+    p.write(
+        "recipes/linux.rhai",
+        &shell_recipe(
+            "linux",
+            &[],
+            &["mkdir -p /out/boot && for f in $KILN_KCONFIG_FRAGMENTS; do cat $f; done > /out/boot/kernel"],
+        ),
+    );
+    let loader = shell_recipe(
+        "loader",
+        &[],
+        &["mkdir -p /out/boot && echo script > /out/boot/boot.scr"],
+    )
+    .replace(
+        "    steps:",
+        "    provides: [\"ab-boot\", \"table:mbr\"],\n    steps:",
+    );
+    p.write("recipes/loader.rhai", &loader);
+    p.write("boards/test/kernel.config", "CONFIG_EROFS_FS=y\n");
+    let board = std::fs::read_to_string(p.root().join("boards/test-board.rhai")).expect("board");
+    let board = board.replace(
+        "    packages:",
+        "    kernel: #{ recipe: \"linux\", base: \"tinyconfig\", fragments: [\"test/kernel.config\"] },\n    bootloader: #{ recipe: \"loader\", config: \"x\" },\n    packages:",
+    );
+    p.write("boards/test-board.rhai", &board);
+    let o = p.kiln(&["--json", "build", "test-board"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let boot = |p: &TestProject| {
+        let img = p.root().join("out/test-board.img");
+        let m = manifest(p.root(), "test-board");
+        let off = partition_start(&m, 1);
+        run_ok(
+            Command::new("mtype")
+                .arg("-i")
+                .arg(format!("{}@@{off}", img.display()))
+                .arg("::kernel"),
+        )
+    };
+    assert_eq!(boot(&p), "CONFIG_EROFS_FS=y\n");
+
+    p.write(
+        "boards/test/kernel.config",
+        "CONFIG_EROFS_FS=y\nCONFIG_EXT4_FS=y\n",
+    );
+    let o = p.kiln(&["--json", "build", "test-board"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got = outcomes(&o);
+    let built: Vec<&str> = got
+        .iter()
+        .filter(|(_, k)| k.as_str() == "built")
+        .map(|(r, _)| r.as_str())
+        .collect();
+    assert_eq!(built, ["image", "linux"], "{got:?}");
+    assert_eq!(boot(&p), "CONFIG_EROFS_FS=y\nCONFIG_EXT4_FS=y\n");
+}
+
+fn partition_start(m: &serde_json::Value, number: u64) -> u64 {
+    m["partitions"]
+        .as_array()
+        .expect("partitions")
+        .iter()
+        .find(|p| p["number"] == number)
+        .and_then(|p| p["start"].as_u64())
+        .expect("partition start")
+}
