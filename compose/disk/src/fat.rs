@@ -132,6 +132,18 @@ pub fn write<S: Read + Write + Seek>(
         .fat_type(kind.fatfs())
         .volume_id(volume_id)
         .volume_label(label);
+    // The volume has its full size before anything reads it back: a read
+    // past the end of a shorter file (as `dots::fix` may do on the last
+    // clusters) would fail. Writing the last byte keeps a new file sparse.
+    let end = out
+        .seek(SeekFrom::End(0))
+        .map_err(fail("the last sector"))?;
+    if end < opts.size_bytes {
+        out.seek(SeekFrom::Start(opts.size_bytes - 1))
+            .and_then(|_| out.write_all(&[0]))
+            .and_then(|_| out.seek(SeekFrom::Start(0)).map(|_| ()))
+            .map_err(fail("the last sector"))?;
+    }
     // Everything fatfs does goes through the cache: see cache.rs.
     let mut cached = cache::BlockCache::new(&mut *out).map_err(fail("the boot sector"))?;
     fatfs::format_volume(&mut cached, format).map_err(fail("the empty filesystem"))?;
@@ -162,15 +174,6 @@ pub fn write<S: Read + Write + Seek>(
     fs.unmount().map_err(fail("the FSInfo sector"))?;
     dots::fix(&mut cached).map_err(fail("the directories' dot entries"))?;
     cached.flush_blocks().map_err(fail("the volume"))?;
-
-    let end = out
-        .seek(SeekFrom::End(0))
-        .map_err(fail("the last sector"))?;
-    if end < opts.size_bytes {
-        out.seek(SeekFrom::Start(opts.size_bytes - 1))
-            .and_then(|_| out.write_all(&[0]))
-            .map_err(fail("the last sector"))?;
-    }
     Ok(FatSummary {
         kind,
         volume_id,
