@@ -442,3 +442,44 @@ fn fat16_boot_partition() {
     let (_, parts) = sfdisk(&out);
     assert_eq!(parts[&1].ptype, "e");
 }
+
+/// Regression: with these file sizes (a 4.9 MB bzImage, its config and the
+/// balenaOS boot files on a 40 MiB FAT32 volume written into a new, empty
+/// file) the dot-entry fix used to read past the end of the not yet padded
+/// volume and fail with "failed to fill whole buffer".
+#[test]
+fn boot_volume_with_a_kernel_is_written_and_checks_clean() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut tree = Tree::new();
+    let sizes: [(&str, usize); 6] = [
+        ("/bzImage", 4_936_704),
+        ("/config", 79_919),
+        ("/config.json", 92),
+        ("/device-type.json", 156),
+        ("/os-release", 107),
+        ("/resinOS_uEnv.txt", 50),
+    ];
+    for (i, (path, len)) in sizes.iter().enumerate() {
+        let bytes: Vec<u8> = (0..*len).map(|n| (n * 31 + i) as u8).collect();
+        tree.insert(path, Node::file(Data::Bytes(bytes), 0o644))
+            .expect("insert");
+    }
+    tree.insert("/system-connections", Node::dir(0o755))
+        .expect("insert");
+    let path = dir.path().join("boot.vfat");
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .expect("create");
+    let opts = kiln_disk::FatOptions::new(40 * kiln_disk::MIB);
+    kiln_disk::fat::write(&tree, &opts, &mut f).expect("the FAT volume is written");
+    drop(f);
+    assert_eq!(
+        fs::metadata(&path).expect("meta").len(),
+        40 * kiln_disk::MIB
+    );
+    run("fsck.vfat", &["-n", path.to_str().expect("utf-8 path")]);
+}
