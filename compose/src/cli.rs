@@ -524,7 +524,7 @@ fn cmd_fs(what: &FsCommand) -> CliResult {
             size_mib,
             label,
         } => {
-            let s = mkfs::ext4(Some(dir), out, size_mib * kiln_disk::MIB, label).map_err(fail)?;
+            let s = mkfs::ext4(dir, out, size_mib * kiln_disk::MIB, label).map_err(fail)?;
             println!(
                 "{}: {} blocks, UUID {}",
                 out.display(),
@@ -544,19 +544,21 @@ fn cmd_fs(what: &FsCommand) -> CliResult {
             data_mib,
             gpt,
         } => {
-            let table = if *gpt {
-                kiln_disk::TableKind::Gpt
-            } else {
-                kiln_disk::TableKind::Mbr
+            let partitions = crate::model::PartitionLayout {
+                table: if *gpt { "gpt" } else { "mbr" }.into(),
+                boot_mib: *boot_mib,
+                root_mib: *root_mib,
+                state_mib: *state_mib,
+                data_mib: *data_mib,
+                ..crate::model::PartitionLayout::default()
             };
-            let spec = mkfs::spec(table, *boot_mib, *root_mib, *state_mib, *data_mib);
             let dirs = mkfs::DiskDirs {
                 boot: boot.as_deref(),
                 root,
                 state: state.as_deref(),
                 data: data.as_deref(),
             };
-            let s = mkfs::disk(&dirs, &spec, out).map_err(fail)?;
+            let s = mkfs::disk(&dirs, &partitions, out).map_err(fail)?;
             println!(
                 "{}: {} bytes, sha256 {}",
                 out.display(),

@@ -4,14 +4,15 @@
 //! from a directory (with its real owners and modes), which is what one
 //! needs to inspect a writer on a tree of one's own, and what
 //! `scripts/bench-image` times against mkfs.erofs, mke2fs and friends.
-//! Every output appears complete under its name or not at all.
+//! Both go through `image::write`, so they make the same choices.
 
-use std::fs::{self, File, OpenOptions};
+use std::path::Path;
 
-use std::path::{Path, PathBuf};
-
-use kiln_disk::{Content, Contents, FatOptions, ImageOptions, LayoutSpec, Role, TableKind, MIB};
+use kiln_disk::{DiskSummary, Role};
 use kiln_fstree::Tree;
+
+use crate::image::write;
+use crate::model::PartitionLayout;
 
 /// Timestamps in every image: `$SOURCE_DATE_EPOCH`, else Kiln's fixed epoch.
 pub fn epoch() -> u64 {
@@ -21,41 +22,12 @@ pub fn epoch() -> u64 {
         .unwrap_or_else(|| crate::toolchain::SOURCE_DATE_EPOCH.parse().unwrap_or(0))
 }
 
-fn tree(dir: &Path) -> Result<Tree, String> {
-    Tree::from_dir(dir).map_err(|e| format!("reading {}: {e}", dir.display()))
-}
-
-fn tmp_of(out: &Path) -> PathBuf {
-    let mut name = out.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".tmp-{}", std::process::id()));
-    out.with_file_name(name)
-}
-
-/// Creates `out` through a temporary file that `write` fills; renamed into
-/// place only when `write` succeeded and the data is on disk.
-fn atomically<T>(
-    out: &Path,
-    write: impl FnOnce(&mut File) -> Result<T, String>,
-) -> Result<T, String> {
-    let tmp = tmp_of(out);
-    let r = (|| {
-        let mut f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(|e| format!("creating {}: {e}", tmp.display()))?;
-        let v = write(&mut f)?;
-        f.sync_all()
-            .and_then(|_| fs::rename(&tmp, out))
-            .map_err(|e| format!("writing {}: {e}", out.display()))?;
-        Ok(v)
-    })();
-    if r.is_err() {
-        let _ = fs::remove_file(&tmp);
+/// The tree of `dir`, or an empty one.
+fn tree(dir: Option<&Path>) -> Result<Tree, String> {
+    match dir {
+        Some(d) => Tree::from_dir(d).map_err(|e| format!("reading {}: {e}", d.display())),
+        None => Ok(Tree::new()),
     }
-    r
 }
 
 pub fn erofs(
@@ -64,55 +36,21 @@ pub fn erofs(
     compression: kiln_erofs::Compression,
     label: Option<String>,
 ) -> Result<kiln_erofs::Summary, String> {
-    let t = tree(dir)?;
     let opts = kiln_erofs::Options {
         compression,
-        epoch: epoch(),
-        uuid: None,
         label,
-        tail_packing: true,
+        ..write::root_options(epoch())
     };
-    atomically(out, |f| {
-        kiln_erofs::write(&t, &opts, f).map_err(|e| e.to_string())
-    })
+    write::erofs(&tree(Some(dir))?, &opts, out).map_err(|e| e.to_string())
 }
 
 pub fn ext4(
-    dir: Option<&Path>,
+    dir: &Path,
     out: &Path,
     size_bytes: u64,
     label: &str,
 ) -> Result<kiln_ext4::Summary, String> {
-    let t = match dir {
-        Some(d) => tree(d)?,
-        None => Tree::new(),
-    };
-    let opts = kiln_ext4::Options {
-        label: label.into(),
-        epoch: epoch().min(u32::MAX as u64) as u32,
-        ..kiln_ext4::Options::new(size_bytes)
-    };
-    atomically(out, |f| {
-        kiln_ext4::write(&t, &opts, f).map_err(|e| e.to_string())
-    })
-}
-
-pub fn fat(
-    dir: Option<&Path>,
-    out: &Path,
-    size_bytes: u64,
-) -> Result<kiln_disk::FatSummary, String> {
-    let t = match dir {
-        Some(d) => tree(d)?,
-        None => Tree::new(),
-    };
-    let opts = FatOptions {
-        epoch: epoch(),
-        ..FatOptions::new(size_bytes)
-    };
-    atomically(out, |f| {
-        kiln_disk::fat::write(&t, &opts, f).map_err(|e| e.to_string())
-    })
+    write::ext4(&tree(Some(dir))?, size_bytes, label, epoch(), out).map_err(|e| e.to_string())
 }
 
 /// Directories for each partition of a balenaOS disk (root B stays empty).
@@ -123,85 +61,61 @@ pub struct DiskDirs<'a> {
     pub data: Option<&'a Path>,
 }
 
-/// A whole disk: FAT boot, lz4hc EROFS root, ext4 state and data, MBR or
-/// GPT, sparse `out` plus `out.zst`. Partition images go to a scratch
-/// directory next to `out`.
+/// A whole disk like the image node's: FAT boot, lz4hc EROFS root, ext4
+/// state and data, sparse `out` plus `out.zst`. The four filesystems are
+/// written in parallel, into a scratch directory next to `out`.
 pub fn disk(
     dirs: &DiskDirs,
-    spec: &LayoutSpec,
+    partitions: &PartitionLayout,
     out: &Path,
-) -> Result<kiln_disk::DiskSummary, String> {
-    let layout = spec.compute().map_err(|e| e.to_string())?;
+) -> Result<DiskSummary, String> {
+    let layout = write::layout_spec(partitions)
+        .compute()
+        .map_err(|e| e.to_string())?;
     let size = |role: Role| layout.get(role).map(|p| p.size_bytes()).unwrap_or_default();
-    let scratch = tmp_of(out).with_extension("parts");
-    fs::create_dir_all(&scratch).map_err(|e| format!("creating {}: {e}", scratch.display()))?;
-    let result = (|| {
-        let (boot, root, state, data) = (
-            scratch.join("boot.vfat"),
-            scratch.join("root.erofs"),
-            scratch.join("state.ext4"),
-            scratch.join("data.ext4"),
-        );
-        // The four filesystems are independent: write them at once.
-        let (r_root, (r_boot, (r_state, r_data))) = rayon::join(
-            || {
-                let c = kiln_erofs::Compression::Lz4hc { level: 9 };
-                erofs(dirs.root, &root, c, Some(Role::RootA.label().into())).map(|_| ())
-            },
-            || {
-                rayon::join(
-                    || fat(dirs.boot, &boot, size(Role::Boot)).map(|_| ()),
-                    || {
-                        rayon::join(
-                            || ext4(dirs.state, &state, size(Role::State), Role::State.label()),
-                            || ext4(dirs.data, &data, size(Role::Data), Role::Data.label()),
-                        )
-                    },
-                )
-            },
-        );
-        r_root?;
-        r_boot?;
-        r_state?;
-        r_data?;
-        let root_len = fs::metadata(&root).map(|m| m.len()).unwrap_or(0);
-        if root_len > size(Role::RootA) {
-            return Err(format!(
-                "the root filesystem is {root_len} bytes but resin-rootA is {} bytes",
-                size(Role::RootA)
-            ));
-        }
-        let mut h = blake3::Hasher::new();
-        for p in [&boot, &root, &state, &data] {
-            let d = crate::hashing::path_blake3(p).map_err(|e| format!("{}: {e}", p.display()))?;
-            h.update(d.as_bytes());
-        }
-        let contents = Contents {
-            boot: Content::Image(boot),
-            root_a: Content::Image(root),
-            root_b: Content::Empty,
-            state: Content::Image(state),
-            data: Content::Image(data),
-        };
-        kiln_disk::assemble(
-            &layout,
-            &contents,
-            &ImageOptions::new(*h.finalize().as_bytes()),
-            out,
-        )
-        .map_err(|e| e.to_string())
-    })();
-    let _ = fs::remove_dir_all(&scratch);
+    let scratch = write::tmp_name(out).with_extension("parts");
+    std::fs::create_dir_all(&scratch)
+        .map_err(|e| format!("creating {}: {e}", scratch.display()))?;
+    let parts = write::Partitions {
+        boot: scratch.join("boot.vfat"),
+        root: scratch.join("root.erofs"),
+        state: scratch.join("state.ext4"),
+        data: scratch.join("data.ext4"),
+    };
+    let e = epoch();
+    let ext4 = |dir, role: Role, path: &Path| {
+        write::ext4(&tree(dir)?, size(role), role.label(), e, path).map_err(|e| e.to_string())
+    };
+    let (root, (boot, (state, data))) = rayon::join(
+        || {
+            write::erofs(
+                &tree(Some(dirs.root))?,
+                &write::root_options(e),
+                &parts.root,
+            )
+            .map_err(|e| e.to_string())
+        },
+        || {
+            rayon::join(
+                || {
+                    write::fat(&tree(dirs.boot)?, size(Role::Boot), e, &parts.boot)
+                        .map_err(|e| e.to_string())
+                },
+                || {
+                    rayon::join(
+                        || ext4(dirs.state, Role::State, &parts.state),
+                        || ext4(dirs.data, Role::Data, &parts.data),
+                    )
+                },
+            )
+        },
+    );
+    let result = root
+        .map(|_| ())
+        .and(boot.map(|_| ()))
+        .and(state.map(|_| ()))
+        .and(data.map(|_| ()))
+        .and_then(|()| write::disk(&layout, &parts, out).map_err(|e| e.to_string()));
+    let _ = std::fs::remove_dir_all(&scratch);
     result
-}
-
-/// balenaOS's layout with the given sizes in MiB.
-pub fn spec(table: TableKind, boot: u64, root: u64, state: u64, data: u64) -> LayoutSpec {
-    LayoutSpec {
-        boot_bytes: boot * MIB,
-        root_bytes: root * MIB,
-        state_bytes: state * MIB,
-        data_bytes: data * MIB,
-        ..LayoutSpec::balena_defaults(table)
-    }
 }

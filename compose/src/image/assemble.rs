@@ -6,9 +6,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use kiln_cache::Digest;
-use kiln_disk::{
-    Content, Contents, FatOptions, ImageOptions, LayoutSpec, PartitionType, Role, TableKind, MIB,
-};
+use kiln_disk::{PartitionType, Role, TableKind, MIB};
 use kiln_fstree::{Data, Kind, Node, Tree};
 use kiln_rootfs::{OsInfo, Package};
 use sha2::{Digest as _, Sha256};
@@ -17,11 +15,10 @@ use super::error::ImageError;
 use super::manifest::{
     FileInfo, ImageManifest, PackageInfo, PartitionInfo, RootfsInfo, MANIFEST_SCHEMA,
 };
+use super::write::{self, io_err};
 use super::{ImageInput, ImageInputs, STORED_IMAGE, STORED_MANIFEST};
 use crate::build::Context;
 
-/// lz4hc at liblz4's default level, what `mkfs.erofs -zlz4hc` uses.
-const ROOT_COMPRESSION: kiln_erofs::Compression = kiln_erofs::Compression::Lz4hc { level: 9 };
 /// The A/B boot environment on the boot partition, read and written by
 /// the bootloader (`env import -t` format). A fresh image boots root A
 /// with no update pending.
@@ -87,15 +84,6 @@ impl Log {
     }
 }
 
-fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ImageError {
-    let path = path.to_path_buf();
-    move |source| ImageError::Io {
-        action,
-        path,
-        source,
-    }
-}
-
 pub fn assemble(
     ctx: &Context,
     inputs: &ImageInputs,
@@ -105,7 +93,7 @@ pub fn assemble(
 ) -> Result<Made, ImageError> {
     let store = ctx.store;
     let board_file = ctx.project.rel(&ctx.eval.board.span.file);
-    let layout = layout_spec(&inputs.partitions).compute()?;
+    let layout = write::layout_spec(&inputs.partitions).compute()?;
     let part_bytes = |role: Role| layout.get(role).map(|p| p.size_bytes()).unwrap_or_default();
 
     log.step("rootfs");
@@ -163,19 +151,7 @@ pub fn assemble(
 
     log.step("root filesystem (EROFS, lz4hc)");
     let root_img = work.join("root.erofs");
-    let erofs_opts = kiln_erofs::Options {
-        compression: ROOT_COMPRESSION,
-        epoch: inputs.epoch,
-        uuid: None,
-        label: Some(Role::RootA.label().into()),
-        tail_packing: true,
-    };
-    let root_summary = {
-        let mut f = File::create(&root_img).map_err(io_err("creating", &root_img))?;
-        let s = kiln_erofs::write(&rootfs.tree, &erofs_opts, &mut f)?;
-        f.sync_all().map_err(io_err("syncing", &root_img))?;
-        s
-    };
+    let root_summary = write::erofs(&rootfs.tree, &write::root_options(inputs.epoch), &root_img)?;
     let root_available = part_bytes(Role::RootA);
     if root_summary.bytes > root_available {
         return Err(ImageError::RootTooLarge {
@@ -195,23 +171,7 @@ pub fn assemble(
     log.step("boot partition (FAT)");
     let boot_tree = boot_tree(ctx, inputs, &os)?;
     let boot_img = work.join("boot.vfat");
-    let fat_opts = FatOptions {
-        epoch: inputs.epoch,
-        ..FatOptions::new(part_bytes(Role::Boot))
-    };
-    let fat = {
-        // fatfs reads back what it writes (FAT sectors, directories).
-        let mut f = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&boot_img)
-            .map_err(io_err("creating", &boot_img))?;
-        let s = kiln_disk::fat::write(&boot_tree, &fat_opts, &mut f)?;
-        f.sync_all().map_err(io_err("syncing", &boot_img))?;
-        s
-    };
+    let fat = write::fat(&boot_tree, part_bytes(Role::Boot), inputs.epoch, &boot_img)?;
     log.line(&format!(
         "{} {}: {} files, {} of {} clusters used",
         fat.kind.name(),
@@ -225,10 +185,9 @@ pub fn assemble(
     let marker_tree = |with_overlay: bool| -> Result<Tree, ImageError> {
         let mut t = Tree::new();
         let node = Node::file(Data::Bytes(Vec::new()), 0o644);
-        t.insert(RESET_MARKER, node).map_err(fs_tree_err)?;
+        t.insert(RESET_MARKER, node)?;
         if with_overlay {
-            t.insert(STATE_OVERLAY, Node::dir(0o755))
-                .map_err(fs_tree_err)?;
+            t.insert(STATE_OVERLAY, Node::dir(0o755))?;
         }
         Ok(t)
     };
@@ -239,15 +198,7 @@ pub fn assemble(
     ] {
         let label = role.label();
         let path = work.join(format!("{label}.ext4"));
-        let opts = kiln_ext4::Options {
-            label: label.into(),
-            epoch: inputs.epoch.min(u32::MAX as u64) as u32,
-            ..kiln_ext4::Options::new(part_bytes(role))
-        };
-        let mut f = File::create(&path).map_err(io_err("creating", &path))?;
-        let s = kiln_ext4::write(&tree, &opts, &mut f)
-            .map_err(|source| ImageError::Ext4 { label, source })?;
-        f.sync_all().map_err(io_err("syncing", &path))?;
+        let s = write::ext4(&tree, part_bytes(role), label, inputs.epoch, &path)?;
         log.line(&format!(
             "{label}: {} blocks, UUID {}",
             s.blocks,
@@ -259,29 +210,13 @@ pub fn assemble(
     let (data_img, data_fs) = ext4.remove(0);
 
     log.step("disk image");
-    // Disk and partition ids come from the partition contents (and the
-    // layout), so they change exactly when the image does.
-    let mut h = blake3::Hasher::new();
-    h.update(format!("{:?}", layout).as_bytes());
-    for p in [&boot_img, &root_img, &state_img, &data_img] {
-        let d = crate::hashing::path_blake3(p).map_err(io_err("hashing", p))?;
-        h.update(d.as_bytes());
-    }
-    let content_hash = *h.finalize().as_bytes();
-    let contents = Contents {
-        boot: Content::Image(boot_img),
-        root_a: Content::Image(root_img),
-        root_b: Content::Empty,
-        state: Content::Image(state_img),
-        data: Content::Image(data_img),
+    let parts = write::Partitions {
+        boot: boot_img,
+        root: root_img,
+        state: state_img,
+        data: data_img,
     };
-    let disk_path = work.join("disk.img");
-    let disk = kiln_disk::assemble(
-        &layout,
-        &contents,
-        &ImageOptions::new(content_hash),
-        &disk_path,
-    )?;
+    let disk = write::disk(&layout, &parts, &work.join("disk.img"))?;
     log.line(&format!(
         "{} bytes ({} allocated), sha256 {}; {} bytes compressed",
         disk.size_bytes,
@@ -293,7 +228,7 @@ pub fn assemble(
     let fs_of = |role: Role| -> (&'static str, String) {
         match role {
             Role::Boot => ("vfat", fat.volume_id_string()),
-            Role::RootA => ("erofs", uuid_string(&root_summary.uuid)),
+            Role::RootA => ("erofs", write::uuid_string(&root_summary.uuid)),
             Role::RootB => ("none", String::new()),
             Role::State => ("ext4", state_fs.uuid_string()),
             Role::Data => ("ext4", data_fs.uuid_string()),
@@ -383,50 +318,8 @@ pub fn assemble(
     })
 }
 
-fn layout_spec(p: &crate::model::PartitionLayout) -> LayoutSpec {
-    LayoutSpec {
-        table: if p.table == "gpt" {
-            TableKind::Gpt
-        } else {
-            TableKind::Mbr
-        },
-        gap_bytes: p.gap_mib.saturating_mul(MIB),
-        alignment_bytes: p.align_mib.saturating_mul(MIB),
-        boot_bytes: p.boot_mib.saturating_mul(MIB),
-        root_bytes: p.root_mib.saturating_mul(MIB),
-        state_bytes: p.state_mib.saturating_mul(MIB),
-        data_bytes: p.data_mib.saturating_mul(MIB),
-        disk_bytes: (p.disk_mib > 0).then(|| p.disk_mib.saturating_mul(MIB)),
-        boot_fat: None,
-    }
-}
-
 fn digest(hex: &str) -> Result<Digest, ImageError> {
-    Digest::from_hex(hex).map_err(|e| ImageError::Io {
-        action: "parsing a digest",
-        path: PathBuf::from(hex),
-        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
-    })
-}
-
-fn fs_tree_err(e: kiln_fstree::TreeError) -> ImageError {
-    ImageError::Io {
-        action: "building a tree",
-        path: PathBuf::new(),
-        source: std::io::Error::other(e.to_string()),
-    }
-}
-
-fn uuid_string(u: &[u8; 16]) -> String {
-    let h = kiln_disk::hex(u);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    )
+    Digest::from_hex(hex).map_err(|_| ImageError::BadDigest(hex.to_string()))
 }
 
 fn sha256_file(path: &Path) -> Result<String, ImageError> {
@@ -455,7 +348,7 @@ fn boot_tree(ctx: &Context, inputs: &ImageInputs, os: &OsInfo) -> Result<Tree, I
                 return Ok(());
             }
             owners.insert(path.into(), owner.into());
-            tree.insert(path, node).map_err(fs_tree_err)
+            Ok(tree.insert(path, node)?)
         };
 
     for input in inputs.kernel.iter().chain(inputs.bootloader.iter()) {

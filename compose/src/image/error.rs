@@ -13,6 +13,12 @@ pub enum ImageError {
     )]
     NotBuilt { package: String },
 
+    #[error("a file tree: {0}")]
+    Tree(#[from] kiln_fstree::TreeError),
+
+    #[error("`{0}` is not a digest")]
+    BadDigest(String),
+
     #[error("the store: {0}")]
     Store(#[from] StoreError),
 
@@ -43,7 +49,7 @@ pub enum ImageError {
 
     #[error("{label} (ext4): {source}")]
     Ext4 {
-        label: &'static str,
+        label: String,
         source: kiln_ext4::Ext4Error,
     },
 

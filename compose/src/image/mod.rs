@@ -17,6 +17,7 @@ mod assemble;
 mod error;
 pub mod manifest;
 pub mod publish;
+pub mod write;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -14,6 +14,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::error::ImageError;
+use super::write::{self, io_err};
 
 /// What `out/` holds for a board after publishing.
 #[derive(Clone, Debug)]
@@ -45,36 +46,36 @@ pub fn publish(
     stored: &Path,
     fresh: Option<&Path>,
 ) -> Result<Published, ImageError> {
-    let io = |action: &'static str, path: &Path| {
-        let path = path.to_path_buf();
-        move |source| ImageError::Io {
-            action,
-            path,
-            source,
-        }
-    };
-    fs::create_dir_all(out_dir).map_err(io("creating", out_dir))?;
+    fs::create_dir_all(out_dir).map_err(io_err("creating", out_dir))?;
     let (img, zst, json, stamp) = paths(out_dir, board);
 
     let stored_json = stored.join(super::STORED_MANIFEST);
-    copy_atomic(&stored_json, &json).map_err(io("copying the manifest to", &json))?;
+    write::file(&json, |f| {
+        let mut from = File::open(&stored_json).map_err(io_err("reading", &stored_json))?;
+        io::copy(&mut from, f).map_err(io_err("copying the manifest to", &json))?;
+        Ok(())
+    })?;
     let stored_zst = stored.join(super::STORED_IMAGE);
-    link_or_copy(&stored_zst, &zst).map_err(io("copying the compressed image to", &zst))?;
+    link_or_copy(&stored_zst, &zst)?;
 
     let image_written = match fresh {
         Some(f) => {
             let _ = fs::remove_file(&stamp);
-            move_into_place(f, &img).map_err(io("moving the image to", &img))?;
+            move_into_place(f, &img)?;
             true
         }
         None if stamp_matches(&stamp, &img, key) => false,
         None => {
             let _ = fs::remove_file(&stamp);
-            expand(&stored_zst, &img).map_err(io("expanding the image to", &img))?;
+            expand(&stored_zst, &img)?;
             true
         }
     };
-    write_stamp(&stamp, &img, key).map_err(io("writing", &stamp))?;
+    let text = stamp_text(&img, key).map_err(io_err("reading", &img))?;
+    write::file(&stamp, |f| {
+        f.write_all(text.as_bytes())
+            .map_err(io_err("writing", &stamp))
+    })?;
     Ok(Published {
         image: img,
         compressed: zst,
@@ -101,78 +102,52 @@ fn stamp_matches(stamp: &Path, img: &Path, key: &str) -> bool {
     }
 }
 
-fn write_stamp(stamp: &Path, img: &Path, key: &str) -> io::Result<()> {
-    let text = stamp_text(img, key)?;
-    let tmp = tmp_name(stamp);
-    fs::write(&tmp, text)?;
-    fs::rename(&tmp, stamp)
-}
-
-fn tmp_name(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".tmp-{}", std::process::id()));
-    path.with_file_name(name)
-}
-
-/// Runs `write` on a temporary file next to `dest`, syncs it and renames
-/// it over `dest`; the temporary is removed on any error.
-fn atomically(dest: &Path, write: impl FnOnce(&mut File) -> io::Result<()>) -> io::Result<()> {
-    let tmp = tmp_name(dest);
-    let r = (|| {
-        let mut f = File::create(&tmp)?;
-        write(&mut f)?;
-        f.sync_all()?;
-        fs::rename(&tmp, dest)
-    })();
-    if r.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    r
-}
-
-fn copy_atomic(from: &Path, to: &Path) -> io::Result<()> {
-    atomically(to, |f| {
-        io::copy(&mut File::open(from)?, f)?;
-        Ok(())
-    })
-}
-
 /// A hard link to the store's copy when possible (same filesystem), else
 /// a copy; the store's files are read-only, so sharing them is safe.
-fn link_or_copy(from: &Path, to: &Path) -> io::Result<()> {
+fn link_or_copy(from: &Path, to: &Path) -> Result<(), ImageError> {
     if let (Ok(a), Ok(b)) = (fs::metadata(from), fs::metadata(to)) {
         if a.dev() == b.dev() && a.ino() == b.ino() {
             return Ok(());
         }
     }
-    let tmp = tmp_name(to);
+    let tmp = write::tmp_name(to);
     let _ = fs::remove_file(&tmp);
-    match fs::hard_link(from, &tmp) {
-        Ok(()) => fs::rename(&tmp, to).inspect_err(|_| {
+    if fs::hard_link(from, &tmp).is_ok() {
+        return fs::rename(&tmp, to).map_err(|e| {
             let _ = fs::remove_file(&tmp);
-        }),
-        Err(_) => copy_atomic(from, to),
+            io_err("renaming into place", to)(e)
+        });
     }
+    write::file(to, |f| {
+        let mut src = File::open(from).map_err(io_err("reading", from))?;
+        io::copy(&mut src, f).map_err(io_err("copying to", to))?;
+        Ok(())
+    })
 }
 
 /// Renames `from` to `to`, or copies it sparsely when they are on
 /// different filesystems.
-fn move_into_place(from: &Path, to: &Path) -> io::Result<()> {
+fn move_into_place(from: &Path, to: &Path) -> Result<(), ImageError> {
     match fs::rename(from, to) {
         Ok(()) => Ok(()),
         Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
-            atomically(to, |f| sparse_copy(&mut File::open(from)?, f))?;
-            fs::remove_file(from)
+            write::file(to, |f| {
+                let mut src = File::open(from).map_err(io_err("reading", from))?;
+                sparse_copy(&mut src, f).map_err(io_err("copying to", to))
+            })?;
+            fs::remove_file(from).map_err(io_err("removing", from))
         }
-        Err(e) => Err(e),
+        Err(e) => Err(io_err("moving the image to", to)(e)),
     }
 }
 
 /// Decompresses a `.img.zst` into a sparse image.
-pub fn expand(zst: &Path, to: &Path) -> io::Result<()> {
-    atomically(to, |f| {
-        let mut dec = zstd::stream::read::Decoder::new(File::open(zst)?)?;
-        sparse_copy(&mut dec, f)
+pub fn expand(zst: &Path, to: &Path) -> Result<(), ImageError> {
+    write::file(to, |f| {
+        let file = File::open(zst).map_err(io_err("reading", zst))?;
+        let mut dec =
+            zstd::stream::read::Decoder::new(file).map_err(io_err("decompressing", zst))?;
+        sparse_copy(&mut dec, f).map_err(io_err("expanding the image to", to))
     })
 }
 
@@ -236,7 +211,10 @@ mod tests {
         let last = data.len() - 1;
         data[last] = 9;
         let dest = dir.path().join("img");
-        atomically(&dest, |f| sparse_copy(&mut &data[..], f)).expect("copy");
+        write::file(&dest, |f| {
+            sparse_copy(&mut &data[..], f).map_err(io_err("copying", &dest))
+        })
+        .expect("copy");
         assert_eq!(fs::read(&dest).expect("read"), data);
         let blocks = fs::metadata(&dest).expect("meta").blocks();
         assert!(blocks * 512 < 1 << 20, "not sparse: {} blocks", blocks);
@@ -248,7 +226,7 @@ mod tests {
         let img = dir.path().join("b.img");
         let stamp = dir.path().join(".b.img.stamp");
         fs::write(&img, b"one").expect("write");
-        write_stamp(&stamp, &img, "k1").expect("stamp");
+        fs::write(&stamp, stamp_text(&img, "k1").expect("stamp")).expect("stamp");
         assert!(stamp_matches(&stamp, &img, "k1"));
         assert!(!stamp_matches(&stamp, &img, "k2"));
         std::thread::sleep(std::time::Duration::from_millis(10));
