@@ -246,15 +246,7 @@ fn kernel_fragments_and_bootloader_config_reach_their_recipes() {
             &["for f in $KILN_KCONFIG_FRAGMENTS; do cat $f; done > /out/config; echo $KILN_KCONFIG_BASE >> /out/config"],
         ),
     );
-    let loader = shell_recipe(
-        "loader",
-        &[],
-        &["echo $KILN_BOOTLOADER_CONFIG > /out/config"],
-    )
-    .replace(
-        "    steps:",
-        "    provides: [\"ab-boot\", \"table:mbr\"],\n    steps:",
-    );
+    let loader = bootloader_recipe("loader", "echo $KILN_BOOTLOADER_CONFIG > /out/config");
     p.write("recipes/loader.rhai", &loader);
     p.write("boards/kernel/common.config", "CONFIG_EROFS_FS=y\n");
     p.write("boards/test/kernel.config", "CONFIG_VIRTIO_BLK=y\n");

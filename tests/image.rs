@@ -596,14 +596,9 @@ fn a_fragment_change_rebuilds_only_the_kernel_and_the_image() {
             &["mkdir -p /out/boot && for f in $KILN_KCONFIG_FRAGMENTS; do cat $f; done > /out/boot/kernel"],
         ),
     );
-    let loader = shell_recipe(
+    let loader = bootloader_recipe(
         "loader",
-        &[],
-        &["mkdir -p /out/boot && echo script > /out/boot/boot.scr"],
-    )
-    .replace(
-        "    steps:",
-        "    provides: [\"ab-boot\", \"table:mbr\"],\n    steps:",
+        "mkdir -p /out/boot && echo script > /out/boot/boot.scr",
     );
     p.write("recipes/loader.rhai", &loader);
     p.write("boards/test/kernel.config", "CONFIG_EROFS_FS=y\n");

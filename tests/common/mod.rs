@@ -135,3 +135,12 @@ pub fn shell_recipe(name: &str, deps: &[&str], steps: &[&str]) -> String {
         "#{{\n    name: \"{name}\",\n    version: \"1.0\",\n    build_deps: [{deps}],\n    steps: [\n        {steps}\n    ],\n}}\n"
     )
 }
+
+/// A shell recipe that a board can name as its bootloader: it provides
+/// A/B booting and reads MBR disks.
+pub fn bootloader_recipe(name: &str, step: &str) -> String {
+    shell_recipe(name, &[], &[step]).replace(
+        "    steps:",
+        "    provides: [\"ab-boot\", \"table:mbr\"],\n    steps:",
+    )
+}
