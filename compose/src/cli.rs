@@ -650,9 +650,7 @@ fn cmd_build(
     };
     if let Some(Ok(img)) = &image {
         root.keys.push(img.key);
-        if let Ok(Some(hit)) = store.ac_get(&img.key) {
-            root.outputs.push(hit.output);
-        }
+        root.outputs.push(img.output);
     }
     let root_name = if board_build {
         eval.board.name.clone()

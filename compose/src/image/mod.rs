@@ -92,6 +92,8 @@ impl ImageInputs {
 #[derive(Clone, Debug)]
 pub struct ImageResult {
     pub key: Digest,
+    /// The stored output (compressed image and manifest).
+    pub output: Digest,
     pub cached: bool,
     pub published: Published,
     pub manifest: ImageManifest,
@@ -202,6 +204,7 @@ pub fn run(
         });
         return Ok(ImageResult {
             key,
+            output: hit.output,
             cached: true,
             published,
             manifest,
@@ -254,6 +257,7 @@ pub fn run(
             });
             Ok(ImageResult {
                 key,
+                output,
                 cached: false,
                 published,
                 manifest,
