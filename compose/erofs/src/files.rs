@@ -1,5 +1,8 @@
-//! Regular files' data: compressed (in parallel, in bounded batches) when
-//! that pays, copied as is otherwise, written in inode order.
+//! Regular files' data: compressed when that pays, copied as is otherwise,
+//! written in inode order. Both the compressing and the reading (with the
+//! hashing for the derived UUID) run in parallel over bounded batches of
+//! files; only the writing is sequential, because block addresses follow
+//! the order.
 
 use std::io::{Seek, Write};
 
@@ -19,6 +22,19 @@ const BATCH_BYTES: u64 = 64 << 20;
 const BATCH_FILES: usize = 1024;
 /// Read size when copying uncompressed content.
 const COPY_CHUNK: usize = 256 << 10;
+/// Uncompressed files up to this size are read whole by the parallel
+/// stage; larger ones are streamed in `COPY_CHUNK`s by the writer.
+const READ_WHOLE: u64 = 16 << 20;
+
+/// What the parallel stage made of one file.
+enum Prepared {
+    Compressed(Compressed, bool),
+    /// The whole content, the blake3 hash of its block part (everything but
+    /// the inline tail) for the image hash, and the tail length.
+    Read(Vec<u8>, blake3::Hash, usize),
+    /// Left for the writer to stream.
+    Stream,
+}
 
 /// Writes every regular file's data, in inode order, recording where it
 /// went in `stored` and its inline bytes in `tails`.
@@ -50,16 +66,13 @@ pub fn write<W: Write + Seek>(
             .count();
         let (batch, later) = rest.split_at(n);
         rest = later;
-        let compressed: Vec<Option<(Compressed, bool)>> = match algo {
-            Some(algo) => batch
-                .par_iter()
-                .map(|&index| try_compress(&inodes[index], index, algo, tail_packing))
-                .collect::<Result<_, _>>()?,
-            None => batch.iter().map(|_| None).collect(),
-        };
-        for (&index, c) in batch.iter().zip(compressed) {
-            stored[index] = match c {
-                Some((mut c, pack)) => {
+        let prepared: Vec<Prepared> = batch
+            .par_iter()
+            .map(|&index| prepare(&inodes[index], index, algo, tail_packing))
+            .collect::<Result<_, _>>()?;
+        for (&index, p) in batch.iter().zip(prepared) {
+            stored[index] = match p {
+                Prepared::Compressed(mut c, pack) => {
                     let blkaddr = img.block()?;
                     let mut blocks = c.extents.len();
                     let mut inline = 0;
@@ -79,7 +92,15 @@ pub fn write<W: Write + Seek>(
                         inline,
                     }
                 }
-                None => {
+                Prepared::Read(mut data, digest, tail) => {
+                    let body = data.len() - tail;
+                    let blkaddr = if body > 0 { img.block()? } else { 0 };
+                    img.write_hashed(&data[..body], &digest)?;
+                    img.pad()?;
+                    tails[index] = data.split_off(body);
+                    Stored::Flat { blkaddr, tail }
+                }
+                Prepared::Stream => {
                     let (s, tail) = write_plain(&inodes[index], index, img)?;
                     tails[index] = tail;
                     s
@@ -88,6 +109,34 @@ pub fn write<W: Write + Seek>(
         }
     }
     Ok(())
+}
+
+/// The parallel stage for one file: its compressed form when compression
+/// is on and pays, else its content read whole when it is small enough.
+fn prepare(
+    inode: &Inode<'_>,
+    index: usize,
+    algo: Option<Algorithm>,
+    tail_packing: bool,
+) -> Result<Prepared, ErofsError> {
+    if let Some(algo) = algo {
+        if let Some((c, pack)) = try_compress(inode, index, algo, tail_packing)? {
+            return Ok(Prepared::Compressed(c, pack));
+        }
+    }
+    let Content::File(content) = &inode.content else {
+        return Ok(Prepared::Stream);
+    };
+    if inode.size > READ_WHOLE {
+        return Ok(Prepared::Stream);
+    }
+    let mut src = Source::open(inode.path, content, inode.size)?;
+    let mut data = vec![0u8; inode.size as usize];
+    src.fill(&mut data)?;
+    src.finish()?;
+    let tail = record::inline_tail(inode, index);
+    let digest = blake3::hash(&data[..data.len() - tail]);
+    Ok(Prepared::Read(data, digest, tail))
 }
 
 /// The compressed form of a file, if it is worth it: it must take at least

@@ -1,5 +1,6 @@
 //! The output stream: buffered, counting what was written (so block
-//! addresses are known), and hashing it for the derived UUID.
+//! addresses are known), and hashing it for the derived UUID. File bodies
+//! read in parallel enter the hash as their own digests (`write_hashed`).
 
 use std::io::{BufWriter, Seek, Write};
 
@@ -33,6 +34,18 @@ impl<'w, W: Write + Seek> Image<'w, W> {
         self.out.write_all(bytes).map_err(ErofsError::Write)?;
         if let Some(h) = &mut self.hasher {
             h.update(bytes);
+        }
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Writes bytes whose blake3 hash the caller already has (computed in
+    /// parallel); the image hash takes the 32-byte digest in their place,
+    /// which keeps it a function of the content at a fraction of the cost.
+    pub fn write_hashed(&mut self, bytes: &[u8], digest: &blake3::Hash) -> Result<(), ErofsError> {
+        self.out.write_all(bytes).map_err(ErofsError::Write)?;
+        if let Some(h) = &mut self.hasher {
+            h.update(digest.as_bytes());
         }
         self.written += bytes.len() as u64;
         Ok(())

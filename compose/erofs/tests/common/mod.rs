@@ -121,6 +121,11 @@ pub fn rich_tree() -> Tree {
     ins(&mut t, "/tail3000", file(text(3 * 4096 + 3000, 4), 0o644));
     ins(&mut t, "/noise64k", file(noise(65_536 + 77, 5), 0o644));
     ins(&mut t, "/zeros", file(vec![0; 3 << 20], 0o644));
+    // Larger than what the writer reads whole (16 MiB), so uncompressed it
+    // is streamed; its inline tail is text.
+    let mut streamed = vec![0; (16 << 20) + 4096];
+    streamed.extend(text(123, 9));
+    ins(&mut t, "/home/big/streamed", file(streamed, 0o644));
     // 5 MB mixing text and noise, so compressed files mix LZ4 and raw
     // pclusters.
     let mut five = Vec::new();
