@@ -190,7 +190,7 @@ impl Store {
     /// Renames a complete, compressed temp file to the blob's path. Two
     /// writers of the same blob both succeed: the second rename replaces
     /// identical content, and readers holding the first inode keep it.
-    fn install_blob(&self, tmp: TempFile, d: &Digest) -> Result<(), StoreError> {
+    pub(crate) fn install_blob(&self, tmp: TempFile, d: &Digest) -> Result<(), StoreError> {
         let dest = self.blob_path(d);
         if let Some(shard) = dest.parent() {
             fsutil::ensure_dir(shard)?;

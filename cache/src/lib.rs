@@ -33,8 +33,10 @@ mod ingest;
 mod lock;
 mod manifest;
 mod materialize;
+pub mod remote;
 mod roots;
 mod store;
+mod transfer;
 
 pub use ac::ActionResult;
 pub use digest::{Digest, DigestParseError};
@@ -44,3 +46,4 @@ pub use lock::{LockKind, StoreLock};
 pub use manifest::{Entry, EntryKind, Manifest, ManifestError, MetaOverride, CAPABILITY_XATTR};
 pub use roots::Root;
 pub use store::Store;
+pub use transfer::{Export, ImportError};

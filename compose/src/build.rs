@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use kiln_cache::remote::Remote;
 use kiln_cache::{ActionResult, Digest, MetaOverride, Store};
 use serde::Serialize;
 
@@ -38,6 +39,26 @@ pub enum Event {
         key: String,
         output: String,
     },
+    /// A verified remote hit: the closure was downloaded into the store.
+    Fetched {
+        recipe: String,
+        key: String,
+        output: String,
+        blobs: usize,
+        bytes: u64,
+        seconds: f64,
+    },
+    /// A node built here was uploaded to the remote cache.
+    Pushed {
+        recipe: String,
+        key: String,
+        blobs: usize,
+        bytes: u64,
+    },
+    /// Something the user should know that does not stop the build.
+    Warning {
+        message: String,
+    },
     Started {
         recipe: String,
         key: String,
@@ -61,6 +82,7 @@ pub enum Event {
     Done {
         built: usize,
         cached: usize,
+        fetched: usize,
         failed: usize,
         skipped: usize,
         seconds: f64,
@@ -88,6 +110,8 @@ pub struct Context<'a> {
     pub eval: &'a Evaluation,
     pub plan: &'a Plan,
     pub store: &'a Store,
+    /// The shared cache, if one is configured and not disabled.
+    pub remote: Option<&'a Remote>,
     pub fingerprint: Fingerprint,
     /// The environment every step starts from (without the recipe's env).
     pub base_env: BTreeMap<String, String>,
@@ -99,6 +123,7 @@ impl<'a> Context<'a> {
         eval: &'a Evaluation,
         plan: &'a Plan,
         store: &'a Store,
+        remote: Option<&'a Remote>,
     ) -> Result<Context<'a>, toolchain::ToolchainError> {
         let board = &eval.board;
         let fingerprint = toolchain::fingerprint(&board.toolchain, &board.target, store)?;
@@ -109,6 +134,7 @@ impl<'a> Context<'a> {
             eval,
             plan,
             store,
+            remote,
             fingerprint,
             base_env,
         })
@@ -223,10 +249,23 @@ pub fn digest_of(inputs: &KeyInputs) -> Digest {
 /// How one node ended.
 #[derive(Clone, Debug)]
 pub enum NodeResult {
-    Cached { key: Digest, output: Digest },
-    Built { key: Digest, output: Digest },
-    Failed { key: Option<Digest>, error: String },
-    Skipped { because: String },
+    /// Found in the action cache; `remote` when it came from the shared one.
+    Cached {
+        key: Digest,
+        output: Digest,
+        remote: bool,
+    },
+    Built {
+        key: Digest,
+        output: Digest,
+    },
+    Failed {
+        key: Option<Digest>,
+        error: String,
+    },
+    Skipped {
+        because: String,
+    },
 }
 
 impl NodeResult {
@@ -263,14 +302,16 @@ impl Report {
             .collect()
     }
 
-    pub fn count(&self) -> (usize, usize, usize, usize) {
-        let mut c = (0, 0, 0, 0);
+    /// Built, cached locally, fetched from the remote, failed, skipped.
+    pub fn count(&self) -> (usize, usize, usize, usize, usize) {
+        let mut c = (0, 0, 0, 0, 0);
         for r in self.results.values() {
             match r {
                 NodeResult::Built { .. } => c.0 += 1,
-                NodeResult::Cached { .. } => c.1 += 1,
-                NodeResult::Failed { .. } => c.2 += 1,
-                NodeResult::Skipped { .. } => c.3 += 1,
+                NodeResult::Cached { remote: false, .. } => c.1 += 1,
+                NodeResult::Cached { remote: true, .. } => c.2 += 1,
+                NodeResult::Failed { .. } => c.3 += 1,
+                NodeResult::Skipped { .. } => c.4 += 1,
             }
         }
         c
@@ -337,6 +378,7 @@ pub fn run(ctx: &Context, opts: &Options, events: &dyn Events) -> Report {
                             NodeResult::Cached {
                                 key,
                                 output: hit.output,
+                                remote: false,
                             },
                             &mut results,
                             &mut waiting,
@@ -373,6 +415,18 @@ pub fn run(ctx: &Context, opts: &Options, events: &dyn Events) -> Report {
                 let fetcher = &fetcher;
                 let jobserver = jobserver.as_ref();
                 scope.spawn(move || {
+                    if let Some(output) =
+                        crate::remote::fetch(ctx.remote, ctx.store, events, &name, &key)
+                    {
+                        ctx.record_inputs(&name, &inputs);
+                        let result = NodeResult::Cached {
+                            key,
+                            output,
+                            remote: true,
+                        };
+                        let _ = tx.send((name, result));
+                        return;
+                    }
                     let log = live_log(ctx.store, &name, &key);
                     events.event(&Event::Started {
                         recipe: name.clone(),
@@ -399,6 +453,7 @@ pub fn run(ctx: &Context, opts: &Options, events: &dyn Events) -> Report {
                                 output: output.to_hex(),
                                 seconds: t.elapsed().as_secs_f64(),
                             });
+                            crate::remote::push(ctx.remote, ctx.store, events, &name, &key);
                             NodeResult::Built { key, output }
                         }
                         Err(error) => {
@@ -449,10 +504,11 @@ pub fn run(ctx: &Context, opts: &Options, events: &dyn Events) -> Report {
         results,
         elapsed: start.elapsed(),
     };
-    let (built, cached, failed, skipped) = report.count();
+    let (built, cached, fetched, failed, skipped) = report.count();
     events.event(&Event::Done {
         built,
         cached,
+        fetched,
         failed,
         skipped,
         seconds: report.elapsed.as_secs_f64(),

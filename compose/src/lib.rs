@@ -18,6 +18,7 @@ pub mod key;
 pub mod mkfs;
 pub mod model;
 pub mod progress;
+pub mod remote;
 pub mod run;
 pub mod sandbox;
 pub mod toolchain;

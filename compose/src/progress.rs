@@ -165,8 +165,10 @@ impl Events for Progress {
                 let _ = writeln!(out, "{line}");
             }
             // A CI log should still show why a build failed without parsing JSON.
-            if let Event::Failed { recipe, error, .. } = e {
-                eprintln!("kiln: FAILED {recipe}\n{error}");
+            match e {
+                Event::Failed { recipe, error, .. } => eprintln!("kiln: FAILED {recipe}\n{error}"),
+                Event::Warning { message } => eprintln!("warning: {message}"),
+                _ => {}
             }
             return;
         }
@@ -182,6 +184,44 @@ impl Events for Progress {
                     &mut s,
                     &format!("  \x1b[32m  cached\x1b[0m {recipe:<16} {}", &key[..12]),
                 );
+            }
+            Event::Fetched {
+                recipe,
+                key,
+                bytes,
+                seconds,
+                ..
+            } => {
+                s.finished += 1;
+                let t = elapsed(Duration::from_secs_f64(*seconds));
+                self.line(
+                    &mut s,
+                    &format!(
+                        "  \x1b[32m fetched\x1b[0m {recipe:<16} {} ({}) in {t}",
+                        &key[..12],
+                        human_bytes(*bytes)
+                    ),
+                );
+            }
+            Event::Pushed {
+                recipe,
+                key,
+                blobs,
+                bytes,
+            } => {
+                if self.mode == Mode::Plain {
+                    self.line(
+                        &mut s,
+                        &format!(
+                            "  pushed {recipe} {} ({blobs} blobs, {})",
+                            &key[..12],
+                            human_bytes(*bytes)
+                        ),
+                    );
+                }
+            }
+            Event::Warning { message } => {
+                self.line(&mut s, &format!("\x1b[33mwarning\x1b[0m: {message}"));
             }
             Event::Started { recipe, log, .. } => {
                 s.running.insert(
@@ -230,12 +270,16 @@ impl Events for Progress {
             Event::Done {
                 built,
                 cached,
+                fetched,
                 failed,
                 skipped,
                 seconds,
             } => {
                 let t = elapsed(Duration::from_secs_f64(*seconds));
                 let mut msg = format!("kiln: {built} built, {cached} cached");
+                if *fetched > 0 {
+                    msg.push_str(&format!(", {fetched} fetched"));
+                }
                 if *failed > 0 {
                     msg.push_str(&format!(", {failed} failed"));
                 }
@@ -265,4 +309,20 @@ fn strip_ansi(text: &str) -> String {
         }
     }
     out
+}
+
+/// `12.3 MB`-style sizes for progress lines.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1000.0 && unit + 1 < UNITS.len() {
+        v /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
 }

@@ -193,18 +193,24 @@ pub fn run(
     let board = &ctx.eval.board.name;
     let store = ctx.store;
 
-    if let Some(hit) = store.ac_get(&key)? {
-        let stored = store.materialize(&hit.output)?;
+    let hit = match store.ac_get(&key)? {
+        Some(hit) => Some((hit.output, false)),
+        None => crate::remote::fetch(ctx.remote, store, events, NODE, &key).map(|o| (o, true)),
+    };
+    if let Some((output, remote)) = hit {
+        let stored = store.materialize(&output)?;
         let manifest = read_manifest(&stored)?;
         let published = publish::publish(out_dir, board, &key.to_hex(), &stored, None)?;
-        events.event(&Event::Cached {
-            recipe: NODE.into(),
-            key: key.to_hex(),
-            output: hit.output.to_hex(),
-        });
+        if !remote {
+            events.event(&Event::Cached {
+                recipe: NODE.into(),
+                key: key.to_hex(),
+                output: output.to_hex(),
+            });
+        }
         return Ok(ImageResult {
             key,
-            output: hit.output,
+            output,
             cached: true,
             published,
             manifest,
@@ -255,6 +261,7 @@ pub fn run(
                 output: output.to_hex(),
                 seconds: started.elapsed().as_secs_f64(),
             });
+            crate::remote::push(ctx.remote, store, events, NODE, &key);
             Ok(ImageResult {
                 key,
                 output,

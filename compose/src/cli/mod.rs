@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod cache;
+
 use clap::{Parser, Subcommand, ValueEnum};
+use kiln_cache::remote::Remote;
 use kiln_cache::{Root, Store};
 use serde::Deserialize;
 
@@ -41,6 +44,22 @@ struct Cli {
     /// Machine-readable events on stdout, one JSON object per line.
     #[arg(long, global = true)]
     json: bool,
+    /// A shared cache: http(s)://HOST/PATH (WebDAV), grpc(s)://HOST:PORT[/INSTANCE]
+    /// (REAPI) or file:///DIR. Read-through, write-back. Default: kiln.toml's [cache] url.
+    #[arg(long = "cache", global = true, env = "KILN_CACHE", value_name = "URL")]
+    cache_url: Option<String>,
+    /// Use the shared cache but never upload to it.
+    #[arg(long, global = true)]
+    cache_read_only: bool,
+    /// Ignore any configured shared cache.
+    #[arg(long, global = true)]
+    no_remote: bool,
+    /// The ed25519 key that signs what this build uploads (from `kiln cache keygen`).
+    #[arg(long, global = true, env = "KILN_SIGNING_KEY", value_name = "FILE")]
+    signing_key: Option<PathBuf>,
+    /// A public key (ed25519:HEX) whose cache entries are trusted. Repeatable.
+    #[arg(long = "trust", global = true, value_name = "KEY")]
+    trusted_keys: Vec<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -122,6 +141,11 @@ enum Command {
         #[arg(last = true)]
         qemu_args: Vec<String>,
     },
+    /// The shared cache: keys, uploads, downloads and statistics.
+    Cache {
+        #[command(subcommand)]
+        what: cache::CacheCommand,
+    },
     /// Write one of Kiln's filesystems, or a whole disk, from directories
     /// (with their real owners and modes). No project needed.
     Fs {
@@ -192,6 +216,8 @@ struct Config {
     default_board: Option<String>,
     #[serde(default)]
     mirrors: Vec<String>,
+    #[serde(default)]
+    cache: cache::CacheConfig,
 }
 
 /// An error for the user: printed as is, then the process exits with `code`.
@@ -224,6 +250,9 @@ pub fn main() -> ExitCode {
     }
     let result = match &cli.command {
         Command::Fs { what } => cmd_fs(what),
+        Command::Cache {
+            what: cache::CacheCommand::Keygen { out },
+        } => cache::keygen(out.as_deref()),
         _ => run(cli),
     };
     match result {
@@ -242,6 +271,7 @@ struct Session {
     mirrors: Vec<Mirror>,
     offline: bool,
     json: bool,
+    remote: cache::RemoteFlags,
 }
 
 impl Session {
@@ -301,6 +331,13 @@ impl Session {
             mirrors,
             offline: cli.offline,
             json: cli.json,
+            remote: cache::RemoteFlags {
+                url: cli.cache_url.clone(),
+                read_only: cli.cache_read_only,
+                disabled: cli.no_remote,
+                signing_key: cli.signing_key.clone(),
+                trusted: cli.trusted_keys.clone(),
+            },
         })
     }
 
@@ -460,6 +497,7 @@ fn run(cli: Cli) -> CliResult {
             };
             cmd_run(&s, board.as_deref(), &opts, *dry_run)
         }
+        Command::Cache { what } => cache::run(&s, what),
         Command::Sandbox { .. } | Command::Fs { .. } => Ok(()),
     }
 }
@@ -579,8 +617,10 @@ fn context<'a>(
     eval: &'a Evaluation,
     plan: &'a Plan,
     store: &'a Store,
+    remote: Option<&'a Remote>,
 ) -> Result<Context<'a>, Failure> {
-    Context::new(&s.project, eval, plan, store).map_err(|e| Failure::usage(format!("error: {e}")))
+    Context::new(&s.project, eval, plan, store, remote)
+        .map_err(|e| Failure::usage(format!("error: {e}")))
 }
 
 fn cmd_build(
@@ -613,7 +653,9 @@ fn cmd_build(
     let _lock = store
         .lock_shared()
         .map_err(|e| Failure::usage(format!("error: {e}")))?;
-    let ctx = context(s, &eval, &plan, &store)?;
+    let progress = Progress::new(Mode::detect(s.json));
+    let remote = s.remote_for_build(&progress)?;
+    let ctx = context(s, &eval, &plan, &store, remote.as_ref())?;
     let exe = std::env::current_exe()
         .map_err(|e| Failure::usage(format!("error: cannot find the kiln executable: {e}")))?;
     let jobs = jobs.unwrap_or_else(|| {
@@ -628,7 +670,6 @@ fn cmd_build(
         offline: s.offline,
         sandbox_helper: exe,
     };
-    let progress = Progress::new(Mode::detect(s.json));
     let report = build::run(&ctx, &opts, &progress);
     let board_build = recipes.is_empty();
     let failed = report.failed();
@@ -638,6 +679,9 @@ fn cmd_build(
         image::run(&ctx, &report.results, &out_dir, &progress)
     });
     progress.finish();
+    if let Some(remote) = &remote {
+        cache::record_stats(&store, remote, &format!("build {board_name}"));
+    }
 
     // Every build is a GC root, so `kiln gc` keeps what was just built.
     let mut root = Root {
@@ -776,7 +820,7 @@ fn with_plan(
     let roots = roots(&eval)?;
     let plan = s.plan(&eval, &roots)?;
     let store = s.store()?;
-    let ctx = context(s, &eval, &plan, &store)?;
+    let ctx = context(s, &eval, &plan, &store, None)?;
     f(&ctx, &board)
 }
 

@@ -1,0 +1,80 @@
+//! What a remote cache server must do for Kiln, whatever its protocol:
+//! store entry documents by key and blobs by digest, say which blobs it
+//! lacks, and move blobs in and out of the local store.
+
+use crate::digest::Digest;
+use crate::store::Store;
+use crate::transfer::ImportError;
+
+use super::entry::BlobRef;
+
+/// A failure talking to the server.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BackendError {
+    /// The server can't be used right now: refused, timed out, 5xx. The
+    /// build goes on without it.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The server answered, but not as a cache should (4xx, bad reply).
+    #[error("{0}")]
+    Protocol(String),
+}
+
+/// Why moving one blob failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// The bytes are not the blob (refused, never installed).
+    #[error("blob {digest}: {reason}")]
+    Refused { digest: Digest, reason: String },
+    #[error(transparent)]
+    Store(#[from] crate::StoreError),
+}
+
+impl TransferError {
+    /// Maps an import failure of blob `d`: a read error is the server's or
+    /// the network's, a mismatch is the blob's.
+    pub fn from_import(d: &Digest, e: ImportError, what: &str) -> TransferError {
+        match e {
+            ImportError::Source(e) => {
+                TransferError::Backend(BackendError::Unavailable(format!("{what}: {e}")))
+            }
+            ImportError::Mismatch(reason) => TransferError::Refused { digest: *d, reason },
+            ImportError::Store(e) => TransferError::Store(e),
+        }
+    }
+}
+
+/// How blobs are addressed on the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Addressing {
+    /// By blake3, the store's own name.
+    Blake3,
+    /// By sha256 of the content: entries must carry each blob's sha256.
+    Sha256,
+}
+
+pub trait Backend: Send + Sync {
+    /// The server, for messages.
+    fn describe(&self) -> String;
+
+    fn addressing(&self) -> Addressing {
+        Addressing::Blake3
+    }
+
+    /// The entry document for `key`, if the server has one.
+    fn get_entry(&self, key: &Digest) -> Result<Option<Vec<u8>>, BackendError>;
+
+    /// Stores the entry document for `key`, replacing any.
+    fn put_entry(&self, key: &Digest, doc: &[u8]) -> Result<(), BackendError>;
+
+    /// Which of `blobs` the server does not have.
+    fn missing(&self, blobs: &[BlobRef]) -> Result<Vec<BlobRef>, BackendError>;
+
+    /// Fetches `blob` into `store`, verified. Returns bytes moved.
+    fn download(&self, blob: &BlobRef, store: &Store) -> Result<u64, TransferError>;
+
+    /// Sends `blob` from `store`. Returns bytes moved.
+    fn upload(&self, blob: &BlobRef, store: &Store) -> Result<u64, TransferError>;
+}

@@ -1,0 +1,131 @@
+//! A directory as a shared cache (an NFS or CIFS mount, a USB disk), in the
+//! same layout as the HTTP cache: `<dir>/ac/<key>`, `<dir>/cas/<blake3>`.
+//!
+//! The store's atomicity rules hold: everything is written to
+//! `<dir>/tmp/` under a unique name, fsynced, then renamed into place, so
+//! readers see a whole file or none. Blobs are checked on the way in like
+//! any remote's.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::digest::Digest;
+use crate::store::Store;
+
+use super::backend::{Backend, BackendError, TransferError};
+use super::entry::BlobRef;
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+pub struct Dir {
+    root: PathBuf,
+}
+
+impl Dir {
+    pub fn new(root: &Path) -> Dir {
+        Dir {
+            root: root.to_path_buf(),
+        }
+    }
+
+    fn path(&self, kind: &str, d: &Digest) -> PathBuf {
+        self.root.join(kind).join(d.to_hex())
+    }
+
+    fn err(&self, action: &str, path: &Path, e: io::Error) -> BackendError {
+        BackendError::Unavailable(format!("{action} {}: {e}", path.display()))
+    }
+
+    /// Writes `dest` atomically from what `fill` writes into a temp file.
+    fn write_atomic(
+        &self,
+        dest: &Path,
+        fill: impl FnOnce(&mut File) -> io::Result<u64>,
+    ) -> Result<u64, BackendError> {
+        let tmp_dir = self.root.join("tmp");
+        for dir in [tmp_dir.as_path(), dest.parent().unwrap_or(&self.root)] {
+            fs::create_dir_all(dir).map_err(|e| self.err("creating", dir, e))?;
+        }
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let tmp = tmp_dir.join(format!(
+            "{}-{}-{n}",
+            std::process::id(),
+            dest.file_name().and_then(|s| s.to_str()).unwrap_or("x")
+        ));
+        let result = (|| {
+            let mut f = File::create(&tmp)?;
+            let len = fill(&mut f)?;
+            f.flush()?;
+            f.sync_all()?;
+            fs::rename(&tmp, dest)?;
+            Ok(len)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result.map_err(|e| self.err("writing", dest, e))
+    }
+}
+
+impl Backend for Dir {
+    fn describe(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    fn get_entry(&self, key: &Digest) -> Result<Option<Vec<u8>>, BackendError> {
+        let path = self.path("ac", key);
+        match fs::read(&path) {
+            Ok(doc) => Ok(Some(doc)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.err("reading", &path, e)),
+        }
+    }
+
+    fn put_entry(&self, key: &Digest, doc: &[u8]) -> Result<(), BackendError> {
+        self.write_atomic(&self.path("ac", key), |f| {
+            f.write_all(doc)?;
+            Ok(doc.len() as u64)
+        })
+        .map(|_| ())
+    }
+
+    fn missing(&self, blobs: &[BlobRef]) -> Result<Vec<BlobRef>, BackendError> {
+        if !self.root.is_dir() {
+            return Err(BackendError::Unavailable(format!(
+                "{}: not a directory",
+                self.root.display()
+            )));
+        }
+        Ok(blobs
+            .iter()
+            .filter(|b| !self.path("cas", &b.blake3).is_file())
+            .cloned()
+            .collect())
+    }
+
+    fn download(&self, blob: &BlobRef, store: &Store) -> Result<u64, TransferError> {
+        let path = self.path("cas", &blob.blake3);
+        let mut file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(TransferError::Refused {
+                    digest: blob.blake3,
+                    reason: "the cache does not have it".into(),
+                })
+            }
+            Err(e) => return Err(self.err("opening", &path, e).into()),
+        };
+        store
+            .import_compressed(&blob.blake3, blob.size, &mut file)
+            .map_err(|e| TransferError::from_import(&blob.blake3, e, &path.display().to_string()))
+    }
+
+    fn upload(&self, blob: &BlobRef, store: &Store) -> Result<u64, TransferError> {
+        let mut export = store.export_compressed(&blob.blake3)?;
+        Ok(self.write_atomic(&self.path("cas", &blob.blake3), |f| {
+            io::copy(&mut export, f)
+        })?)
+    }
+}

@@ -1,0 +1,287 @@
+//! Moving blobs between the store and a remote cache.
+//!
+//! Two wire forms: the store's own zstd file (HTTP and directory caches,
+//! which can hold any bytes under a blob's name) and the raw content (REAPI,
+//! whose servers check that a blob hashes to its digest). Either way a
+//! blob coming in is verified (blake3 and size of the content) *before* it
+//! is renamed into the CAS, and a blob going out is verified as it is read,
+//! so a damaged local blob aborts its upload instead of poisoning the
+//! remote.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Read, Write};
+
+use crate::digest::Digest;
+use crate::error::{IoContext, StoreError};
+use crate::store::Store;
+
+const BUF_SIZE: usize = 256 << 10;
+/// The store's zstd level (see `cas`); raw imports compress with it too.
+const ZSTD_LEVEL: i32 = 3;
+
+/// Why a blob from a remote was not imported.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    /// Reading from the remote failed (network, server).
+    #[error("reading from the remote: {0}")]
+    Source(#[source] io::Error),
+    /// The bytes are not the blob they claim to be.
+    #[error("{0}")]
+    Mismatch(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Counts and hashes what is written to it.
+struct HashSink {
+    hasher: blake3::Hasher,
+    len: u64,
+}
+
+impl Write for HashSink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.hasher.update(buf);
+        self.len += buf.len() as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl HashSink {
+    fn new() -> HashSink {
+        HashSink {
+            hasher: blake3::Hasher::new(),
+            len: 0,
+        }
+    }
+
+    fn check(&self, d: &Digest, size: u64) -> Result<(), String> {
+        let actual = Digest::from(self.hasher.finalize());
+        if actual != *d {
+            return Err(format!("content hashes to {actual}, not {d}"));
+        }
+        if self.len != size {
+            return Err(format!("content is {} bytes, not {size}", self.len));
+        }
+        Ok(())
+    }
+}
+
+fn read_chunk(src: &mut dyn Read, buf: &mut [u8]) -> Result<usize, ImportError> {
+    loop {
+        match src.read(buf) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(ImportError::Source(e)),
+        }
+    }
+}
+
+impl Store {
+    /// Imports blob `d` (content of `size` bytes) from its zstd form read
+    /// from `src`, decoding as it arrives to check it. Returns the bytes
+    /// read. Nothing is installed unless the content matches.
+    pub fn import_compressed(
+        &self,
+        d: &Digest,
+        size: u64,
+        src: &mut dyn Read,
+    ) -> Result<u64, ImportError> {
+        let tmp = self.temp_file("import-")?;
+        let mut out = BufWriter::with_capacity(BUF_SIZE, tmp.file());
+        let mut check = zstd::stream::write::Decoder::new(HashSink::new())
+            .map_err(|e| ImportError::Mismatch(format!("cannot start decoding: {e}")))?;
+        let mut buf = vec![0u8; BUF_SIZE];
+        let mut wire = 0u64;
+        loop {
+            let n = read_chunk(src, &mut buf)?;
+            if n == 0 {
+                break;
+            }
+            out.write_all(&buf[..n]).ctx("writing", tmp.path())?;
+            check
+                .write_all(&buf[..n])
+                .map_err(|e| ImportError::Mismatch(format!("not zstd data: {e}")))?;
+            wire += n as u64;
+            if check.get_ref().len > size {
+                return Err(ImportError::Mismatch(format!(
+                    "content is longer than {size} bytes"
+                )));
+            }
+        }
+        check
+            .flush()
+            .map_err(|e| ImportError::Mismatch(format!("truncated zstd data: {e}")))?;
+        check
+            .get_ref()
+            .check(d, size)
+            .map_err(ImportError::Mismatch)?;
+        out.flush().ctx("writing", tmp.path())?;
+        drop(out);
+        self.install_blob(tmp, d)?;
+        Ok(wire)
+    }
+
+    /// Imports blob `d` from its raw content read from `src`, compressing
+    /// it into the store's form. Returns the bytes read.
+    pub fn import_raw(
+        &self,
+        d: &Digest,
+        size: u64,
+        src: &mut dyn Read,
+    ) -> Result<u64, ImportError> {
+        let tmp = self.temp_file("import-")?;
+        let mut enc =
+            zstd::Encoder::new(BufWriter::with_capacity(BUF_SIZE, tmp.file()), ZSTD_LEVEL)
+                .ctx("compressing into", tmp.path())?;
+        let mut sink = HashSink::new();
+        let mut buf = vec![0u8; BUF_SIZE];
+        loop {
+            let n = read_chunk(src, &mut buf)?;
+            if n == 0 {
+                break;
+            }
+            let _ = sink.write(&buf[..n]);
+            if sink.len > size {
+                return Err(ImportError::Mismatch(format!(
+                    "content is longer than {size} bytes"
+                )));
+            }
+            enc.write_all(&buf[..n])
+                .ctx("compressing into", tmp.path())?;
+        }
+        sink.check(d, size).map_err(ImportError::Mismatch)?;
+        let mut out = enc.finish().ctx("compressing into", tmp.path())?;
+        out.flush().ctx("writing", tmp.path())?;
+        drop(out);
+        self.install_blob(tmp, d)?;
+        Ok(sink.len)
+    }
+
+    /// The stored (compressed) size of blob `d`: what an upload of its zstd
+    /// form sends.
+    pub fn stored_size(&self, d: &Digest) -> Result<u64, StoreError> {
+        let path = self.blob_path(d);
+        match std::fs::metadata(&path) {
+            Ok(m) => Ok(m.len()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Err(StoreError::MissingBlob { digest: *d })
+            }
+            Err(e) => Err(e).ctx("inspecting blob", &path),
+        }
+    }
+
+    /// The content size of blob `d` (decoding it, which also verifies it).
+    pub fn content_size(&self, d: &Digest) -> Result<u64, StoreError> {
+        self.decode_verified(d, |_| Ok(()))
+    }
+
+    /// A reader over blob `d`'s zstd form that fails (with `InvalidData`)
+    /// at the end if the content does not hash to `d`.
+    pub fn export_compressed(&self, d: &Digest) -> Result<Export, StoreError> {
+        let file = self.open_blob(d)?;
+        let check = zstd::stream::write::Decoder::new(HashSink::new())
+            .ctx("decoding blob", &self.blob_path(d))?;
+        Ok(Export {
+            digest: *d,
+            inner: ExportInner::Compressed { file, check },
+        })
+    }
+
+    /// A reader over blob `d`'s content that fails (with `InvalidData`) at
+    /// the end if it does not hash to `d`.
+    pub fn export_raw(&self, d: &Digest) -> Result<Export, StoreError> {
+        let file = self.open_blob(d)?;
+        let dec = zstd::Decoder::new(file).ctx("decoding blob", &self.blob_path(d))?;
+        Ok(Export {
+            digest: *d,
+            inner: ExportInner::Raw {
+                dec,
+                sink: HashSink::new(),
+            },
+        })
+    }
+
+    fn open_blob(&self, d: &Digest) -> Result<File, StoreError> {
+        let path = self.blob_path(d);
+        match File::open(&path) {
+            Ok(f) => Ok(f),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Err(StoreError::MissingBlob { digest: *d })
+            }
+            Err(e) => Err(e).ctx("opening blob", &path),
+        }
+    }
+}
+
+/// A blob on its way out; see [`Store::export_compressed`].
+pub struct Export {
+    digest: Digest,
+    inner: ExportInner,
+}
+
+enum ExportInner {
+    Compressed {
+        file: File,
+        check: zstd::stream::write::Decoder<'static, HashSink>,
+    },
+    Raw {
+        dec: zstd::Decoder<'static, io::BufReader<File>>,
+        sink: HashSink,
+    },
+}
+
+impl Export {
+    fn corrupt(&self, why: String) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "local blob {} is corrupt ({why}); not uploaded",
+                self.digest
+            ),
+        )
+    }
+
+    fn verify(&self, sink: &HashSink) -> io::Result<()> {
+        let actual = Digest::from(sink.hasher.finalize());
+        if actual != self.digest {
+            return Err(self.corrupt(format!("content hashes to {actual}")));
+        }
+        Ok(())
+    }
+}
+
+impl Read for Export {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = match &mut self.inner {
+            ExportInner::Compressed { file, check } => {
+                let n = file.read(buf)?;
+                if n > 0 {
+                    check.write_all(&buf[..n]).map_err(|e| {
+                        io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("local blob {} is corrupt ({e}); not uploaded", self.digest),
+                        )
+                    })?;
+                } else {
+                    check.flush()?;
+                }
+                n
+            }
+            ExportInner::Raw { dec, sink } => {
+                let n = dec.read(buf)?;
+                let _ = sink.write(&buf[..n]);
+                n
+            }
+        };
+        if n == 0 {
+            match &self.inner {
+                ExportInner::Compressed { check, .. } => self.verify(check.get_ref())?,
+                ExportInner::Raw { sink, .. } => self.verify(sink)?,
+            }
+        }
+        Ok(n)
+    }
+}

@@ -1,0 +1,635 @@
+//! The shared cache against real servers on loopback: nginx (WebDAV) and
+//! BuildGrid (REAPI), both started by `scripts/cache-server`.
+//!
+//! - two teams: A builds and pushes, B (empty store) builds nothing and
+//!   gets a bit-identical image, over WebDAV and over REAPI;
+//! - 20 kinds of tampering, each refused by name and rebuilt locally;
+//! - two builders pushing the same keys at once;
+//! - a server killed mid-build, and one that accepts but never answers.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::*;
+use kiln_cache::remote::SecretKey;
+
+/// A cache server for one test, stopped when dropped.
+struct Server {
+    dir: tempfile::TempDir,
+    url: String,
+    kind: &'static str,
+}
+
+impl Server {
+    fn start(kind: &'static str) -> Server {
+        let dir = tempfile::Builder::new()
+            .prefix("kiln-cache-server-")
+            .tempdir()
+            .expect("tempdir");
+        let url = start_server(kind, dir.path(), None);
+        Server { dir, url, kind }
+    }
+
+    fn stop(&self) {
+        let stop = if self.kind == "start" {
+            "stop"
+        } else {
+            "reapi-stop"
+        };
+        let _ = Command::new(repo().join("scripts/cache-server"))
+            .args([stop, &self.dir.path().display().to_string()])
+            .status();
+    }
+
+    /// Restarts on the same port and data.
+    fn restart(&self) {
+        let port = self.url.rsplit(':').next().expect("port").to_string();
+        start_server(self.kind, self.dir.path(), Some(&port));
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn start_server(kind: &str, dir: &Path, port: Option<&str>) -> String {
+    let mut cmd = Command::new(repo().join("scripts/cache-server"));
+    cmd.args([kind, &dir.display().to_string()]);
+    if let Some(p) = port {
+        cmd.arg(p);
+    }
+    let out = cmd.output().expect("scripts/cache-server");
+    assert!(
+        out.status.success(),
+        "scripts/cache-server {kind}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A signing key made with `kiln cache keygen`, and its public half.
+fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
+    let path = dir.join(name);
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["cache", "keygen", "--out"])
+        .arg(&path)
+        .output()
+        .expect("kiln cache keygen");
+    assert!(out.status.success(), "{}", stderr(&out));
+    (path, stdout(&out).trim().to_string())
+}
+
+/// A project with two small recipes (app depends on lib) whose outputs are
+/// reproducible, and a `[cache]` section.
+fn toy_project(cache: &str) -> TestProject {
+    let p = TestProject::new();
+    p.board(&["app"]);
+    p.write(
+        "recipes/lib.rhai",
+        &shell_recipe(
+            "lib",
+            &[],
+            &[
+                "mkdir -p /out/usr/lib",
+                "echo lib > /out/usr/lib/data",
+                "head -c 300000 /dev/zero | tr '\\\\0' 'x' > /out/usr/lib/big",
+            ],
+        ),
+    );
+    p.write(
+        "recipes/app.rhai",
+        &shell_recipe(
+            "app",
+            &["lib"],
+            &[
+                "mkdir -p /out/usr/bin /out/usr/share/app",
+                "cat /deps/lib/usr/lib/data > /out/usr/bin/app",
+                "echo one > /out/usr/share/app/one",
+                "echo two > /out/usr/share/app/two",
+            ],
+        ),
+    );
+    p.write(
+        "kiln.toml",
+        &format!("default_board = \"test-board\"\n\n[cache]\n{cache}\n"),
+    );
+    p
+}
+
+fn cache_section(url: &str, key: Option<&Path>, trusted: &[&str]) -> String {
+    let mut s = format!("url = \"{url}\"\ntimeout_secs = 5\n");
+    if let Some(k) = key {
+        s.push_str(&format!("signing_key = \"{}\"\n", k.display()));
+    }
+    s.push_str(&format!(
+        "trusted_keys = [{}]\n",
+        trusted
+            .iter()
+            .map(|k| format!("\"{k}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    s
+}
+
+fn build_in(project: &Path, store: &Path) -> Output {
+    kiln_in(project, store, &["--json", "build", "test-board"])
+}
+
+/// recipe → "built" / "cached" / "fetched".
+fn kinds(o: &Output) -> std::collections::BTreeMap<String, String> {
+    events(o)
+        .into_iter()
+        .filter_map(|e| {
+            let kind = e["event"].as_str()?.to_string();
+            let recipe = e["recipe"].as_str()?.to_string();
+            matches!(kind.as_str(), "cached" | "built" | "fetched" | "failed")
+                .then_some((recipe, kind))
+        })
+        .collect()
+}
+
+fn warnings(o: &Output) -> Vec<String> {
+    events(o)
+        .into_iter()
+        .filter(|e| e["event"] == "warning")
+        .filter_map(|e| e["message"].as_str().map(String::from))
+        .collect()
+}
+
+fn keys(o: &Output) -> std::collections::BTreeMap<String, (String, String)> {
+    events(o)
+        .into_iter()
+        .filter(|e| matches!(e["event"].as_str(), Some("built" | "cached" | "fetched")))
+        .filter_map(|e| {
+            Some((
+                e["recipe"].as_str()?.to_string(),
+                (
+                    e["key"].as_str()?.to_string(),
+                    e["output"].as_str()?.to_string(),
+                ),
+            ))
+        })
+        .collect()
+}
+
+fn tempdir(prefix: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .expect("tempdir")
+}
+
+#[test]
+fn tampered_entries_and_blobs_are_refused_by_name_and_rebuilt() {
+    let server = Server::start("start");
+    let keys_dir = tempdir("kiln-keys-");
+    let (a_key, a_pub) = keygen(keys_dir.path(), "a.key");
+    let (_, mallory_pub) = keygen(keys_dir.path(), "mallory.key");
+    let mallory = SecretKey::load(&keys_dir.path().join("mallory.key")).expect("key");
+    let trusted_a = SecretKey::load(&a_key).expect("key");
+
+    let a = toy_project(&cache_section(&server.url, Some(&a_key), &[]));
+    let first = build_in(a.root(), a.store.path());
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert_eq!(kinds(&first)["app"], "built");
+    assert!(warnings(&first).is_empty(), "{:?}", warnings(&first));
+    let k = keys(&first);
+    let (app_key, app_out) = k["app"].clone();
+    let (lib_key, _) = k["lib"].clone();
+    let pristine = tempdir("kiln-pristine-");
+    copy_tree(&server.data(), pristine.path());
+
+    // B trusts A only, has no signing key (it never pushes), and reads.
+    let b = toy_project(&cache_section(&server.url, None, &[&a_pub]));
+    let ac = |key: &str| server.data().join("ac").join(key);
+    let cas = |d: &str| server.data().join("cas").join(d);
+    let entry = |key: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(ac(key)).expect("entry")).expect("json")
+    };
+    let app_entry = entry(&app_key);
+    let blobs: Vec<String> = app_entry["entry"]["blobs"]
+        .as_array()
+        .expect("blobs")
+        .iter()
+        .map(|b| b["blake3"].as_str().expect("hex").to_string())
+        .collect();
+    let log = app_entry["entry"]["log"].as_str().map(String::from);
+    // A file only app has (lib's output shares app's `data` content).
+    let lib_entry = entry(&lib_key).to_string();
+    let file_blob = blobs
+        .iter()
+        .find(|d| **d != app_out && Some(*d) != log.as_ref() && !lib_entry.contains(d.as_str()))
+        .expect("a file blob")
+        .clone();
+    let resign = |doc: serde_json::Value, key: &SecretKey| -> Vec<u8> {
+        let e: kiln_cache::remote::Entry =
+            serde_json::from_value(doc["entry"].clone()).expect("entry");
+        key.sign(e).to_json()
+    };
+    let flip = |path: &Path, at: usize| {
+        let mut b = std::fs::read(path).expect("blob");
+        let i = at.min(b.len() - 1);
+        b[i] ^= 0x40;
+        std::fs::write(path, b).expect("write");
+    };
+
+    type Tamper<'a> = Box<dyn Fn() + 'a>;
+    let cases: Vec<(&str, &str, Tamper)> = vec![
+        (
+            "flipped byte in a file blob",
+            "blob",
+            Box::new(|| flip(&cas(&file_blob), 20)),
+        ),
+        (
+            "flipped byte in the manifest blob",
+            "blob",
+            Box::new(|| flip(&cas(&app_out), 30)),
+        ),
+        (
+            "flipped last byte (zstd checksum area)",
+            "blob",
+            Box::new(|| {
+                let p = cas(&file_blob);
+                let len = std::fs::metadata(&p).expect("meta").len() as usize;
+                flip(&p, len - 1)
+            }),
+        ),
+        (
+            "truncated blob",
+            "blob",
+            Box::new(|| {
+                let p = cas(&file_blob);
+                let b = std::fs::read(&p).expect("blob");
+                std::fs::write(&p, &b[..b.len() / 2]).expect("write")
+            }),
+        ),
+        (
+            "empty blob",
+            "blob",
+            Box::new(|| std::fs::write(cas(&app_out), b"").expect("write")),
+        ),
+        (
+            "blob with junk appended",
+            "blob",
+            Box::new(|| {
+                let p = cas(&file_blob);
+                let mut b = std::fs::read(&p).expect("blob");
+                b.extend_from_slice(b"junk after the frame");
+                std::fs::write(&p, b).expect("write")
+            }),
+        ),
+        (
+            "blob replaced by another valid blob",
+            "blob",
+            Box::new(|| {
+                std::fs::copy(cas(&app_out), cas(&file_blob)).expect("copy");
+            }),
+        ),
+        (
+            "blob stored raw instead of zstd",
+            "blob",
+            Box::new(|| std::fs::write(cas(&file_blob), b"one\n").expect("write")),
+        ),
+        (
+            "blob removed from the server",
+            "does not have it",
+            Box::new(|| std::fs::remove_file(cas(&file_blob)).expect("rm")),
+        ),
+        (
+            "entries swapped between keys",
+            "is for key",
+            Box::new(|| {
+                std::fs::copy(ac(&lib_key), ac(&app_key)).expect("copy");
+            }),
+        ),
+        (
+            "signature removed",
+            "unsigned",
+            Box::new(|| {
+                let mut doc = entry(&app_key);
+                doc["signature"] = "".into();
+                std::fs::write(ac(&app_key), doc.to_string()).expect("write")
+            }),
+        ),
+        (
+            "signer removed",
+            "unsigned",
+            Box::new(|| {
+                let mut doc = entry(&app_key);
+                doc.as_object_mut().expect("object").remove("signer");
+                std::fs::write(ac(&app_key), doc.to_string()).expect("write")
+            }),
+        ),
+        (
+            "re-signed by an untrusted key",
+            "not a trusted key",
+            Box::new(|| {
+                std::fs::write(ac(&app_key), resign(entry(&app_key), &mallory)).expect("write")
+            }),
+        ),
+        (
+            "untrusted signature claiming the trusted signer",
+            "does not match",
+            Box::new(|| {
+                let mut doc: serde_json::Value =
+                    serde_json::from_slice(&resign(entry(&app_key), &mallory)).expect("json");
+                doc["signer"] = a_pub.clone().into();
+                std::fs::write(ac(&app_key), doc.to_string()).expect("write")
+            }),
+        ),
+        (
+            "output digest changed under the signature",
+            "does not match",
+            Box::new(|| {
+                let mut doc = entry(&app_key);
+                doc["entry"]["output"] = file_blob.clone().into();
+                std::fs::write(ac(&app_key), doc.to_string()).expect("write")
+            }),
+        ),
+        (
+            "a blob size changed under the signature",
+            "does not match",
+            Box::new(|| {
+                let mut doc = entry(&app_key);
+                let n = doc["entry"]["blobs"][0]["size"].as_u64().expect("size");
+                doc["entry"]["blobs"][0]["size"] = (n + 1).into();
+                std::fs::write(ac(&app_key), doc.to_string()).expect("write")
+            }),
+        ),
+        (
+            "signature corrupted",
+            "does not match",
+            Box::new(|| {
+                let mut doc = entry(&app_key);
+                let sig = doc["signature"].as_str().expect("sig").to_string();
+                let first = if sig.starts_with('0') { "1" } else { "0" };
+                let flipped = format!("{first}{}", sig.get(1..).unwrap_or_default());
+                doc["signature"] = flipped.into();
+                std::fs::write(ac(&app_key), doc.to_string()).expect("write")
+            }),
+        ),
+        (
+            "entry is not JSON",
+            "not a Kiln cache entry",
+            Box::new(|| {
+                std::fs::write(ac(&app_key), b"<html>502 Bad Gateway</html>").expect("write")
+            }),
+        ),
+        (
+            "entry truncated",
+            "not a Kiln cache entry",
+            Box::new(|| {
+                let b = std::fs::read(ac(&app_key)).expect("entry");
+                std::fs::write(ac(&app_key), &b[..b.len() / 2]).expect("write")
+            }),
+        ),
+        (
+            "trusted signer, closure leaves out a file",
+            "not in the signed closure",
+            Box::new(|| {
+                let mut doc = entry(&app_key);
+                let list = doc["entry"]["blobs"].as_array_mut().expect("blobs");
+                list.retain(|b| b["blake3"] != file_blob.as_str());
+                std::fs::write(ac(&app_key), resign(doc, &trusted_a)).expect("write")
+            }),
+        ),
+        (
+            "trusted signer, wrong size for a file blob",
+            "bytes, not",
+            Box::new(|| {
+                let mut doc = entry(&app_key);
+                for b in doc["entry"]["blobs"].as_array_mut().expect("blobs") {
+                    if b["blake3"] == file_blob.as_str() {
+                        let n = b["size"].as_u64().expect("size");
+                        b["size"] = (n + 5).into();
+                    }
+                }
+                std::fs::write(ac(&app_key), resign(doc, &trusted_a)).expect("write")
+            }),
+        ),
+    ];
+    assert!(cases.len() >= 20, "{} cases", cases.len());
+
+    for (name, expect, tamper) in &cases {
+        restore_tree(pristine.path(), &server.data());
+        tamper();
+        let store = tempdir("kiln-store-b-");
+        let o = build_in(b.root(), store.path());
+        assert!(
+            o.status.success(),
+            "{name}: the build failed:\n{}",
+            stderr(&o)
+        );
+        let k = kinds(&o);
+        assert_eq!(
+            k["app"], "built",
+            "{name}: app must be rebuilt locally: {k:?}"
+        );
+        assert_eq!(k["lib"], "fetched", "{name}: lib was intact: {k:?}");
+        let w = warnings(&o).join("\n");
+        assert!(
+            w.contains("app: refused the remote cache entry") && w.contains(expect),
+            "{name}: expected a refusal naming {expect:?}, got:\n{w}"
+        );
+        // What was rebuilt is what A built: nothing tampered got in.
+        assert_eq!(keys(&o)["app"].1, app_out, "{name}");
+        let again = build_in(b.root(), store.path());
+        assert!(
+            kinds(&again).values().all(|v| v == "cached"),
+            "{name}: {:?}",
+            kinds(&again)
+        );
+    }
+    drop(mallory_pub);
+}
+
+/// `cp -a` of a directory's content, for restoring the server's data.
+fn copy_tree(from: &Path, to: &Path) {
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", from.display()))
+        .arg(to)
+        .status()
+        .expect("cp");
+    assert!(st.success());
+}
+
+fn restore_tree(from: &Path, to: &Path) {
+    let _ = std::fs::remove_dir_all(to);
+    std::fs::create_dir_all(to).expect("mkdir");
+    copy_tree(from, to);
+}
+
+#[test]
+fn concurrent_pushes_of_the_same_keys_are_consistent() {
+    let server = Server::start("start");
+    let keys_dir = tempdir("kiln-keys-");
+    let (key, public) = keygen(keys_dir.path(), "team.key");
+    let p = toy_project(&cache_section(&server.url, Some(&key), &[]));
+    // Two builders with their own stores build the same thing, offline from
+    // the cache, then push at the same moment, several times.
+    let stores = [tempdir("kiln-store-1-"), tempdir("kiln-store-2-")];
+    for s in &stores {
+        let o = kiln_in(p.root(), s.path(), &["--no-remote", "build", "test-board"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    for round in 0..3 {
+        if round > 0 {
+            let _ = std::fs::remove_dir_all(server.data());
+        }
+        let children: Vec<_> = stores
+            .iter()
+            .map(|s| {
+                Command::new(env!("CARGO_BIN_EXE_kiln"))
+                    .arg("--project")
+                    .arg(p.root())
+                    .arg("--store")
+                    .arg(s.path())
+                    .args(["cache", "push", "test-board"])
+                    .output()
+            })
+            .collect();
+        for c in children {
+            let o = c.expect("push");
+            assert!(o.status.success(), "round {round}: {}", stderr(&o));
+        }
+    }
+    // Nothing half-written is visible, and a third store gets everything.
+    let leftovers: Vec<_> = walk(&server.data())
+        .into_iter()
+        .filter(|p| {
+            !p.starts_with(server.data().join("ac")) && !p.starts_with(server.data().join("cas"))
+        })
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let c = toy_project(&cache_section(&server.url, None, &[&public]));
+    let store = tempdir("kiln-store-3-");
+    let o = kiln_in(c.root(), store.path(), &["cache", "pull", "test-board"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = build_in(c.root(), store.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(kinds(&o).values().all(|v| v == "cached"), "{:?}", kinds(&o));
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_dead_or_silent_server_never_fails_or_hangs_a_build() {
+    let server = Server::start("start");
+    let keys_dir = tempdir("kiln-keys-");
+    let (key, public) = keygen(keys_dir.path(), "team.key");
+    let p = toy_project(&cache_section(&server.url, Some(&key), &[]));
+    // lib builds and is pushed; the server dies while app builds.
+    p.write(
+        "recipes/app.rhai",
+        &shell_recipe(
+            "app",
+            &["lib"],
+            &[
+                "sleep 4",
+                "mkdir -p /out/usr/bin",
+                "cat /deps/lib/usr/lib/data > /out/usr/bin/app",
+            ],
+        ),
+    );
+    let child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg("--project")
+        .arg(p.root())
+        .arg("--store")
+        .arg(p.store.path())
+        .args(["--json", "build", "test-board"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kiln build");
+    std::thread::sleep(Duration::from_secs(2));
+    server.stop();
+    let o = child.wait_with_output().expect("wait");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(kinds(&o)["app"], "built");
+    let w = warnings(&o).join("\n");
+    assert!(
+        w.contains("is unavailable") && w.contains("kiln cache push"),
+        "{w}"
+    );
+
+    // Back up: the next push completes the upload, and another store gets it all.
+    server.restart();
+    let o = p.kiln(&["cache", "push", "test-board"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("uploaded"), "{}", stdout(&o));
+    let b = toy_project(&cache_section(&server.url, None, &[&public]));
+    b.write(
+        "recipes/app.rhai",
+        &std::fs::read_to_string(p.root().join("recipes/app.rhai")).expect("app"),
+    );
+    let store = tempdir("kiln-store-b-");
+    let o = build_in(b.root(), store.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        kinds(&o).values().all(|v| v == "fetched"),
+        "{:?}",
+        kinds(&o)
+    );
+
+    // A server that accepts connections and never answers: the build goes on
+    // after the timeout (5 s in kiln.toml), with one warning.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = silent.local_addr().expect("addr").port();
+    let hold = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in silent.incoming().take(4) {
+            held.push(c);
+        }
+        std::thread::sleep(Duration::from_secs(30));
+    });
+    let c = toy_project(&cache_section(
+        &format!("http://127.0.0.1:{port}"),
+        None,
+        &[&public],
+    ));
+    let store = tempdir("kiln-store-c-");
+    let t = Instant::now();
+    let o = build_in(c.root(), store.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        t.elapsed() < Duration::from_secs(25),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert!(
+        warnings(&o).join("\n").contains("is unavailable"),
+        "{:?}",
+        warnings(&o)
+    );
+    assert_eq!(
+        warnings(&o).len(),
+        1,
+        "one warning, not one per node: {:?}",
+        warnings(&o)
+    );
+    drop(hold);
+}
