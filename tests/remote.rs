@@ -633,3 +633,123 @@ fn a_dead_or_silent_server_never_fails_or_hangs_a_build() {
     );
     drop(hold);
 }
+
+const BOARD: &str = "qemu-x86_64-tiny";
+
+/// A copy of the project (kiln.toml, recipes, boards) at `dest`.
+fn copy_project(dest: &Path) {
+    std::fs::create_dir_all(dest).expect("mkdir");
+    for item in ["kiln.toml", "recipes", "boards"] {
+        let st = Command::new("cp")
+            .arg("-a")
+            .arg(repo().join(item))
+            .arg(dest)
+            .status()
+            .expect("cp");
+        assert!(st.success(), "copying {item}");
+    }
+}
+
+fn file_sha(path: &Path) -> String {
+    use sha2::Digest as _;
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// Team A (the shared test store, as warm as earlier tests left it) builds
+/// the small board and pushes it; team B, with an empty store, in another
+/// checkout, builds it with every node a remote hit and gets the same
+/// image, byte for byte. Once over WebDAV (nginx), once over REAPI
+/// (BuildGrid).
+#[test]
+fn two_teams_share_the_small_board_over_webdav_and_reapi() {
+    let keys_dir = tempdir("kiln-keys-");
+    let (a_key, a_pub) = keygen(keys_dir.path(), "team-a.key");
+    let a_dir = tempdir("kiln-team-a-");
+    copy_project(a_dir.path());
+    let a_store = repo().join("target/kiln-test-store");
+    let key = a_key.display().to_string();
+
+    let o = kiln_in(
+        a_dir.path(),
+        &a_store,
+        &["--offline", "--no-remote", "build", BOARD],
+    );
+    assert!(o.status.success(), "team A's build: {}", stderr(&o));
+    let a_img = a_dir.path().join(format!("out/{BOARD}.img"));
+    let a_sha = file_sha(&a_img);
+    let a_zst = file_sha(&a_dir.path().join(format!("out/{BOARD}.img.zst")));
+
+    for kind in ["start", "reapi-start"] {
+        let server = Server::start(kind);
+        let url = server.url.clone();
+        let push = kiln_in(
+            a_dir.path(),
+            &a_store,
+            &[
+                "--cache",
+                &url,
+                "--signing-key",
+                &key,
+                "cache",
+                "push",
+                BOARD,
+            ],
+        );
+        assert!(push.status.success(), "{kind}: push: {}", stderr(&push));
+
+        let b_dir = tempdir("kiln-team-b-");
+        copy_project(b_dir.path());
+        let b_store = tempdir("kiln-store-b-");
+        let t = Instant::now();
+        let o = kiln_in(
+            b_dir.path(),
+            b_store.path(),
+            &[
+                "--offline",
+                "--json",
+                "--cache",
+                &url,
+                "--trust",
+                &a_pub,
+                "--cache-read-only",
+                "build",
+                BOARD,
+            ],
+        );
+        assert!(o.status.success(), "{kind}: team B's build: {}", stderr(&o));
+        let k = kinds(&o);
+        assert!(
+            k.values().all(|v| v == "fetched"),
+            "{kind}: every node must be a remote hit, nothing built: {k:?}\n{}",
+            stderr(&o)
+        );
+        assert!(k.contains_key("image") && k.contains_key("linux"), "{k:?}");
+        let done = events(&o)
+            .into_iter()
+            .find(|e| e["event"] == "done")
+            .expect("done event");
+        assert_eq!(done["built"], 0, "{kind}: {done}");
+        let b_img = b_dir.path().join(format!("out/{BOARD}.img"));
+        assert_eq!(
+            file_sha(&b_img),
+            a_sha,
+            "{kind}: B's image differs from A's"
+        );
+        assert_eq!(
+            file_sha(&b_dir.path().join(format!("out/{BOARD}.img.zst"))),
+            a_zst,
+            "{kind}"
+        );
+        eprintln!("{kind}: team B's warm remote build took {:?}", t.elapsed());
+
+        // The statistics saw it.
+        let stat = kiln_in(b_dir.path(), b_store.path(), &["cache", "stat"]);
+        assert!(stat.status.success(), "{}", stderr(&stat));
+        assert!(
+            stdout(&stat).contains("hit rate 100.0%"),
+            "{}",
+            stdout(&stat)
+        );
+    }
+}

@@ -181,6 +181,26 @@ impl Reapi {
         r
     }
 
+    /// Runs a unary call, retrying a few times when the server says it is
+    /// busy (BuildGrid answers RESOURCE_EXHAUSTED past its concurrent-RPC
+    /// limit): busy is not down.
+    fn call<T>(
+        &self,
+        mut f: impl FnMut() -> Result<tonic::Response<T>, Status>,
+    ) -> Result<T, Status> {
+        let mut wait = Duration::from_millis(50);
+        for _ in 0..5 {
+            match f() {
+                Err(s) if s.code() == Code::ResourceExhausted => {
+                    std::thread::sleep(wait);
+                    wait *= 3;
+                }
+                r => return r.map(tonic::Response::into_inner),
+            }
+        }
+        f().map(tonic::Response::into_inner)
+    }
+
     fn cas(&self) -> ContentAddressableStorageClient<Channel> {
         ContentAddressableStorageClient::new(self.channel.clone())
             .max_decoding_message_size(MAX_MESSAGE)
@@ -206,10 +226,13 @@ impl Reapi {
             digest_function: self.function as i32,
         };
         let resp = self
-            .rt
-            .block_on(self.cas().batch_update_blobs(self.request(req, size)))
-            .map_err(|s| status_error(&what, &s))?
-            .into_inner();
+            .call(|| {
+                self.rt.block_on(
+                    self.cas()
+                        .batch_update_blobs(self.request(req.clone(), size)),
+                )
+            })
+            .map_err(|s| status_error(&what, &s))?;
         for r in resp.responses {
             if let Some(st) = r.status.filter(|s| s.code != 0) {
                 return Err(BackendError::Protocol(format!(
@@ -231,10 +254,11 @@ impl Reapi {
             digest_function: self.function as i32,
         };
         let resp = self
-            .rt
-            .block_on(self.cas().batch_read_blobs(self.request(req, size)))
-            .map_err(|s| status_error(&what, &s))?
-            .into_inner();
+            .call(|| {
+                self.rt
+                    .block_on(self.cas().batch_read_blobs(self.request(req.clone(), size)))
+            })
+            .map_err(|s| status_error(&what, &s))?;
         let Some(r) = resp.responses.into_iter().next() else {
             return Err(BackendError::Protocol(format!("{what}: empty reply")));
         };
@@ -270,8 +294,11 @@ impl Backend for Reapi {
             digest_function: self.function as i32,
         };
         let mut ac = ActionCacheClient::new(self.channel.clone());
-        let result = match self.rt.block_on(ac.get_action_result(self.request(req, 0))) {
-            Ok(r) => r.into_inner(),
+        let result = match self.call(|| {
+            self.rt
+                .block_on(ac.get_action_result(self.request(req.clone(), 0)))
+        }) {
+            Ok(r) => r,
             Err(s) if s.code() == Code::NotFound => return Ok(None),
             Err(s) => return Err(status_error("GetActionResult", &s)),
         };
@@ -313,9 +340,11 @@ impl Backend for Reapi {
             digest_function: self.function as i32,
         };
         let mut ac = ActionCacheClient::new(self.channel.clone());
-        self.rt
-            .block_on(ac.update_action_result(self.request(req, 0)))
-            .map_err(|s| status_error("UpdateActionResult", &s))?;
+        self.call(|| {
+            self.rt
+                .block_on(ac.update_action_result(self.request(req.clone(), 0)))
+        })
+        .map_err(|s| status_error("UpdateActionResult", &s))?;
         Ok(())
     }
 
@@ -332,10 +361,11 @@ impl Backend for Reapi {
                 digest_function: self.function as i32,
             };
             let resp = self
-                .rt
-                .block_on(self.cas().find_missing_blobs(self.request(req, 0)))
-                .map_err(|s| status_error("FindMissingBlobs", &s))?
-                .into_inner();
+                .call(|| {
+                    self.rt
+                        .block_on(self.cas().find_missing_blobs(self.request(req.clone(), 0)))
+                })
+                .map_err(|s| status_error("FindMissingBlobs", &s))?;
             for (b, d) in batch.iter().zip(&digests) {
                 if resp.missing_blob_digests.iter().any(|m| m.hash == d.hash) {
                     missing.push(b.clone());
@@ -369,11 +399,11 @@ impl Backend for Reapi {
             read_offset: 0,
             read_limit: 0,
         };
-        let stream = match self
-            .rt
-            .block_on(self.bytestream().read(self.request(req, blob.size)))
-        {
-            Ok(s) => s.into_inner(),
+        let stream = match self.call(|| {
+            self.rt
+                .block_on(self.bytestream().read(self.request(req.clone(), blob.size)))
+        }) {
+            Ok(s) => s,
             Err(s) if s.code() == Code::NotFound => {
                 return Err(TransferError::Refused {
                     digest: blob.blake3,
