@@ -753,3 +753,39 @@ fn two_teams_share_the_small_board_over_webdav_and_reapi() {
         );
     }
 }
+
+/// A shared directory as the cache: same layout and trust rules, written
+/// atomically (nothing left in its tmp/).
+#[test]
+fn a_shared_directory_works_as_a_cache() {
+    let shared = tempdir("kiln-shared-cache-");
+    let url = format!("file://{}", shared.path().display());
+    let keys_dir = tempdir("kiln-keys-");
+    let (key, public) = keygen(keys_dir.path(), "team.key");
+    let a = toy_project(&cache_section(&url, Some(&key), &[]));
+    let o = build_in(a.root(), a.store.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(kinds(&o).values().all(|v| v == "built"), "{:?}", kinds(&o));
+    let pushed = events(&o).iter().filter(|e| e["event"] == "pushed").count();
+    assert_eq!(pushed, 3, "lib, app and the image are written back");
+    assert!(walk(&shared.path().join("tmp")).is_empty());
+
+    let b = toy_project(&cache_section(&url, None, &[&public]));
+    let store = tempdir("kiln-store-b-");
+    let o = build_in(b.root(), store.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        kinds(&o).values().all(|v| v == "fetched"),
+        "{:?}",
+        kinds(&o)
+    );
+
+    // A reader that trusts nobody uses nothing, and says why.
+    let c = toy_project(&cache_section(&url, None, &[]));
+    let store = tempdir("kiln-store-c-");
+    let o = build_in(c.root(), store.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(kinds(&o).values().all(|v| v == "built"), "{:?}", kinds(&o));
+    let w = warnings(&o).join("\n");
+    assert!(w.contains("no key is trusted"), "{w}");
+}

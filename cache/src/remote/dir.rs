@@ -43,10 +43,10 @@ impl Dir {
         &self,
         dest: &Path,
         fill: impl FnOnce(&mut File) -> io::Result<u64>,
-    ) -> Result<u64, BackendError> {
+    ) -> io::Result<u64> {
         let tmp_dir = self.root.join("tmp");
         for dir in [tmp_dir.as_path(), dest.parent().unwrap_or(&self.root)] {
-            fs::create_dir_all(dir).map_err(|e| self.err("creating", dir, e))?;
+            fs::create_dir_all(dir)?;
         }
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let tmp = tmp_dir.join(format!(
@@ -65,7 +65,7 @@ impl Dir {
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
         }
-        result.map_err(|e| self.err("writing", dest, e))
+        result
     }
 }
 
@@ -84,11 +84,13 @@ impl Backend for Dir {
     }
 
     fn put_entry(&self, key: &Digest, doc: &[u8]) -> Result<(), BackendError> {
-        self.write_atomic(&self.path("ac", key), |f| {
+        let dest = self.path("ac", key);
+        self.write_atomic(&dest, |f| {
             f.write_all(doc)?;
             Ok(doc.len() as u64)
         })
         .map(|_| ())
+        .map_err(|e| self.err("writing", &dest, e))
     }
 
     fn missing(&self, blobs: &[BlobRef]) -> Result<Vec<BlobRef>, BackendError> {
@@ -124,8 +126,15 @@ impl Backend for Dir {
 
     fn upload(&self, blob: &BlobRef, store: &Store) -> Result<u64, TransferError> {
         let mut export = store.export_compressed(&blob.blake3)?;
-        Ok(self.write_atomic(&self.path("cas", &blob.blake3), |f| {
-            io::copy(&mut export, f)
-        })?)
+        let dest = self.path("cas", &blob.blake3);
+        self.write_atomic(&dest, |f| io::copy(&mut export, f))
+            .map_err(|e| match e.kind() {
+                // The export found the local blob damaged: not the cache's fault.
+                io::ErrorKind::InvalidData => TransferError::Refused {
+                    digest: blob.blake3,
+                    reason: e.to_string(),
+                },
+                _ => self.err("writing", &dest, e).into(),
+            })
     }
 }
