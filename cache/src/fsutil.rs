@@ -92,6 +92,16 @@ impl TempFile {
     }
 }
 
+impl TempFile {
+    /// Renames without syncing: for files whose data a `syncfs` already
+    /// made durable (see `Store::install_staged`).
+    pub(crate) fn persist_synced(mut self, dest: &Path) -> Result<(), StoreError> {
+        fs::rename(&self.path, dest).ctx("renaming temp file into place at", dest)?;
+        self.persisted = true;
+        Ok(())
+    }
+}
+
 impl Drop for TempFile {
     fn drop(&mut self) {
         if !self.persisted {

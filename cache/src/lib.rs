@@ -46,4 +46,4 @@ pub use lock::{LockKind, StoreLock};
 pub use manifest::{Entry, EntryKind, Manifest, ManifestError, MetaOverride, CAPABILITY_XATTR};
 pub use roots::Root;
 pub use store::Store;
-pub use transfer::{Export, ImportError};
+pub use transfer::{Export, ImportError, Staged};

@@ -13,6 +13,7 @@ use std::io::{self, BufWriter, Read, Write};
 
 use crate::digest::Digest;
 use crate::error::{IoContext, StoreError};
+use crate::fsutil::{self, TempFile};
 use crate::store::Store;
 
 const BUF_SIZE: usize = 256 << 10;
@@ -30,6 +31,15 @@ pub enum ImportError {
     Mismatch(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// A verified blob in the store's temp directory, not yet in the CAS and
+/// not yet synced: [`Store::install_staged`] makes a batch durable with one
+/// `syncfs` instead of an fsync per blob, then renames them into place.
+/// Dropped, it is deleted.
+pub struct Staged {
+    tmp: TempFile,
+    digest: Digest,
 }
 
 /// Counts and hashes what is written to it.
@@ -80,15 +90,15 @@ fn read_chunk(src: &mut dyn Read, buf: &mut [u8]) -> Result<usize, ImportError> 
 }
 
 impl Store {
-    /// Imports blob `d` (content of `size` bytes) from its zstd form read
-    /// from `src`, decoding as it arrives to check it. Returns the bytes
-    /// read. Nothing is installed unless the content matches.
+    /// Stages blob `d` (content of `size` bytes) from its zstd form read
+    /// from `src`, decoding as it arrives to check it. Returns it with the
+    /// bytes read. Nothing is staged unless the content matches.
     pub fn import_compressed(
         &self,
         d: &Digest,
         size: u64,
         src: &mut dyn Read,
-    ) -> Result<u64, ImportError> {
+    ) -> Result<(Staged, u64), ImportError> {
         let tmp = self.temp_file("import-")?;
         let mut out = BufWriter::with_capacity(BUF_SIZE, tmp.file());
         let mut check = zstd::stream::write::Decoder::new(HashSink::new())
@@ -120,18 +130,17 @@ impl Store {
             .map_err(ImportError::Mismatch)?;
         out.flush().ctx("writing", tmp.path())?;
         drop(out);
-        self.install_blob(tmp, d)?;
-        Ok(wire)
+        Ok((Staged { tmp, digest: *d }, wire))
     }
 
-    /// Imports blob `d` from its raw content read from `src`, compressing
-    /// it into the store's form. Returns the bytes read.
+    /// Stages blob `d` from its raw content read from `src`, compressing
+    /// it into the store's form. Returns it with the bytes read.
     pub fn import_raw(
         &self,
         d: &Digest,
         size: u64,
         src: &mut dyn Read,
-    ) -> Result<u64, ImportError> {
+    ) -> Result<(Staged, u64), ImportError> {
         let tmp = self.temp_file("import-")?;
         let mut enc =
             zstd::Encoder::new(BufWriter::with_capacity(BUF_SIZE, tmp.file()), ZSTD_LEVEL)
@@ -156,8 +165,30 @@ impl Store {
         let mut out = enc.finish().ctx("compressing into", tmp.path())?;
         out.flush().ctx("writing", tmp.path())?;
         drop(out);
-        self.install_blob(tmp, d)?;
-        Ok(sink.len)
+        Ok((Staged { tmp, digest: *d }, sink.len))
+    }
+
+    /// Makes staged blobs durable (one `syncfs` of the store's filesystem)
+    /// and renames them into the CAS; a second `syncfs` makes the renames
+    /// durable before anything (an action-cache entry) refers to them.
+    pub fn install_staged(&self, staged: Vec<Staged>) -> Result<(), StoreError> {
+        if staged.is_empty() {
+            return Ok(());
+        }
+        fsutil::syncfs(&self.tmp_dir())?;
+        for s in staged {
+            let dest = self.blob_path(&s.digest);
+            if let Some(shard) = dest.parent() {
+                // The closing syncfs makes a new shard durable, too.
+                match std::fs::create_dir(shard) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(e).ctx("creating directory", shard),
+                }
+            }
+            s.tmp.persist_synced(&dest)?;
+        }
+        fsutil::syncfs(&self.tmp_dir())
     }
 
     /// The stored (compressed) size of blob `d`: what an upload of its zstd

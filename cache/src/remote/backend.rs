@@ -4,7 +4,7 @@
 
 use crate::digest::Digest;
 use crate::store::Store;
-use crate::transfer::ImportError;
+use crate::transfer::{ImportError, Staged};
 
 use super::entry::BlobRef;
 
@@ -69,11 +69,19 @@ pub trait Backend: Send + Sync {
     /// Stores the entry document for `key`, replacing any.
     fn put_entry(&self, key: &Digest, doc: &[u8]) -> Result<(), BackendError>;
 
+    /// Whether asking about many blobs at once is much cheaper than one at
+    /// a time (REAPI's FindMissingBlobs). Otherwise (HTTP HEAD) each blob
+    /// is asked about right before its upload, overlapping both.
+    fn batch_missing(&self) -> bool {
+        false
+    }
+
     /// Which of `blobs` the server does not have.
     fn missing(&self, blobs: &[BlobRef]) -> Result<Vec<BlobRef>, BackendError>;
 
-    /// Fetches `blob` into `store`, verified. Returns bytes moved.
-    fn download(&self, blob: &BlobRef, store: &Store) -> Result<u64, TransferError>;
+    /// Fetches `blob` for `store`, verified and staged (installed by the
+    /// caller, a batch at a time). Returns it with the bytes moved.
+    fn download(&self, blob: &BlobRef, store: &Store) -> Result<(Staged, u64), TransferError>;
 
     /// Sends `blob` from `store`. Returns bytes moved.
     fn upload(&self, blob: &BlobRef, store: &Store) -> Result<u64, TransferError>;

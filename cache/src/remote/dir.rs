@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::digest::Digest;
 use crate::store::Store;
+use crate::transfer::Staged;
 
 use super::backend::{Backend, BackendError, TransferError};
 use super::entry::BlobRef;
@@ -107,7 +108,7 @@ impl Backend for Dir {
             .collect())
     }
 
-    fn download(&self, blob: &BlobRef, store: &Store) -> Result<u64, TransferError> {
+    fn download(&self, blob: &BlobRef, store: &Store) -> Result<(Staged, u64), TransferError> {
         let path = self.path("cas", &blob.blake3);
         let mut file = match File::open(&path) {
             Ok(f) => f,

@@ -13,6 +13,7 @@ use ureq::http::StatusCode;
 
 use crate::digest::Digest;
 use crate::store::Store;
+use crate::transfer::Staged;
 
 use super::backend::{Backend, BackendError, TransferError};
 use super::entry::BlobRef;
@@ -37,6 +38,10 @@ impl Http {
             .timeout_recv_response(Some(timeout))
             .timeout_per_read(Some(timeout))
             .timeout_per_write(Some(timeout))
+            // Every transfer thread keeps its connection (ureq keeps 3 per
+            // host by default, and reconnecting per blob halves throughput).
+            .max_idle_connections(64)
+            .max_idle_connections_per_host(64)
             .build()
             .into();
         Http {
@@ -120,7 +125,7 @@ impl Backend for Http {
         Ok(missing)
     }
 
-    fn download(&self, blob: &BlobRef, store: &Store) -> Result<u64, TransferError> {
+    fn download(&self, blob: &BlobRef, store: &Store) -> Result<(Staged, u64), TransferError> {
         let url = self.url("cas", &blob.blake3);
         let resp = self.agent.get(&url).call().map_err(|e| failure(&url, e))?;
         match resp.status() {

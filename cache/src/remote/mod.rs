@@ -16,7 +16,7 @@ mod http;
 mod reapi;
 mod stats;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -205,101 +205,133 @@ impl Remote {
     /// Looks `key` up on the server and, when its entry checks out, brings
     /// its closure into `store` and records it there.
     pub fn fetch(&self, store: &Store, key: &Digest) -> Fetch {
+        let entry = match self.lookup(key) {
+            Ok(entry) => entry,
+            Err(f) => return f,
+        };
+        match self.complete(store, std::slice::from_ref(&entry)).pop() {
+            Some(Ok((blobs, bytes))) => Fetch::Hit {
+                result: ActionResult {
+                    output: entry.output,
+                    log: entry.log,
+                },
+                blobs,
+                bytes,
+            },
+            Some(Err(f)) => f,
+            None => Fetch::Miss,
+        }
+    }
+
+    /// The verified entry for `key`, without its blobs: enough to know the
+    /// node's output (so dependents' keys can be computed) before anything
+    /// is downloaded. `Err` is the `Fetch` to report instead.
+    pub fn lookup(&self, key: &Digest) -> Result<Entry, Fetch> {
         if self.is_down() {
-            return Fetch::Off;
+            return Err(Fetch::Off);
         }
         let started = Instant::now();
         let doc = match self.backend.get_entry(key) {
             Ok(Some(doc)) => doc,
             Ok(None) => {
-                self.stats.add_lookup(false, started.elapsed());
-                return Fetch::Miss;
+                self.stats.add_miss(started.elapsed());
+                return Err(Fetch::Miss);
             }
-            Err(e) => return self.unavailable(&e, Fetch::Unavailable, Fetch::Off),
+            Err(e) => return Err(self.unavailable(&e, Fetch::Unavailable, Fetch::Off)),
         };
-        let entry = match SignedEntry::verify(&doc, key, &self.trusted) {
-            Ok(entry) => entry,
+        self.stats.add_lookup_time(started.elapsed());
+        match SignedEntry::verify(&doc, key, &self.trusted) {
+            Ok(entry) => Ok(entry),
             Err(why) => {
                 self.stats.add_refused();
-                return Fetch::Refused(why);
+                Err(Fetch::Refused(why))
             }
-        };
-        let result = match self.fetch_closure(store, &entry) {
-            Ok((blobs, bytes)) => {
+        }
+    }
+
+    /// Brings the closures of verified `entries` into `store` (all their
+    /// missing blobs in one parallel pool) and records each entry whose
+    /// closure checked out. One result per entry: blobs and bytes moved for
+    /// it, or the `Fetch` to report.
+    pub fn complete(&self, store: &Store, entries: &[Entry]) -> Vec<Result<(usize, u64), Fetch>> {
+        let mut needed: Vec<&BlobRef> = entries
+            .iter()
+            .flat_map(|e| &e.blobs)
+            .filter(|b| !store.has(&b.blake3))
+            .collect();
+        needed.sort();
+        needed.dedup_by_key(|b| b.blake3);
+        let started = Instant::now();
+        let results = parallel(&needed, self.transfers, |b| self.backend.download(b, store));
+        let mut moved: BTreeMap<Digest, u64> = BTreeMap::new();
+        let mut refused: BTreeMap<Digest, String> = BTreeMap::new();
+        let mut staged = Vec::new();
+        let mut down = None;
+        for (b, r) in needed.iter().zip(results) {
+            match r {
+                Ok((s, n)) => {
+                    moved.insert(b.blake3, n);
+                    staged.push(s);
+                }
+                Err(TransferError::Backend(e)) => down = Some(e),
+                Err(TransferError::Refused { digest, reason }) => {
+                    self.suspect_blob(digest);
+                    refused.insert(b.blake3, format!("blob {digest}: {reason}"));
+                }
+                Err(TransferError::Store(e)) => {
+                    refused.insert(b.blake3, format!("blob {}: {e}", b.blake3));
+                }
+            }
+        }
+        self.stats
+            .add_download(moved.len(), moved.values().sum(), started.elapsed());
+        if down.is_none() {
+            if let Err(e) = store.install_staged(staged) {
+                let why = format!("cannot store what was fetched: {e}");
+                return entries
+                    .iter()
+                    .map(|_| Err(Fetch::Refused(why.clone())))
+                    .collect();
+            }
+        }
+        if let Some(e) = down {
+            let first = self.unavailable(&e, Fetch::Unavailable, Fetch::Off);
+            let mut out = vec![Err(first)];
+            out.extend(entries.iter().skip(1).map(|_| Err(Fetch::Off)));
+            return out;
+        }
+        entries
+            .iter()
+            .map(|entry| {
+                let why: Vec<&str> = entry
+                    .blobs
+                    .iter()
+                    .filter_map(|b| refused.get(&b.blake3).map(String::as_str))
+                    .collect();
+                if !why.is_empty() {
+                    self.stats.add_refused();
+                    return Err(Fetch::Refused(why.join("; ")));
+                }
+                if let Err(why) = check_manifest(store, entry) {
+                    self.stats.add_refused();
+                    return Err(Fetch::Refused(why));
+                }
                 let result = ActionResult {
                     output: entry.output,
                     log: entry.log,
                 };
-                if let Err(e) = store.ac_put(key, &result) {
-                    return Fetch::Refused(format!("cannot record it locally: {e}"));
-                }
-                Fetch::Hit {
-                    result,
-                    blobs,
-                    bytes,
-                }
-            }
-            Err(FetchError::Refused(why)) => {
-                self.stats.add_refused();
-                Fetch::Refused(why)
-            }
-            Err(FetchError::Unavailable(e)) => {
-                return self.unavailable(&e, Fetch::Unavailable, Fetch::Off)
-            }
-        };
-        self.stats
-            .add_lookup(matches!(result, Fetch::Hit { .. }), started.elapsed());
-        result
-    }
-
-    fn fetch_closure(&self, store: &Store, entry: &Entry) -> Result<(usize, u64), FetchError> {
-        let needed: Vec<&BlobRef> = entry
-            .blobs
-            .iter()
-            .filter(|b| !store.has(&b.blake3))
-            .collect();
-        let started = Instant::now();
-        let results = parallel(&needed, self.transfers, |b| self.backend.download(b, store));
-        let mut bytes = 0;
-        let mut refused = Vec::new();
-        for (b, r) in needed.iter().zip(results) {
-            match r {
-                Ok(n) => bytes += n,
-                Err(TransferError::Backend(e)) => return Err(FetchError::Unavailable(e)),
-                Err(TransferError::Refused { digest, reason }) => {
-                    self.suspect_blob(digest);
-                    refused.push(format!("blob {digest}: {reason}"));
-                }
-                Err(TransferError::Store(e)) => {
-                    refused.push(format!("blob {}: {e}", b.blake3));
-                }
-            }
-        }
-        self.stats
-            .add_download(needed.len() - refused.len(), bytes, started.elapsed());
-        if !refused.is_empty() {
-            return Err(FetchError::Refused(refused.join("; ")));
-        }
-        // The manifest hashes to the signed output digest, so its file list is
-        // what the signer built; each of its blobs must be in the closure.
-        let manifest = store
-            .get_manifest(&entry.output)
-            .map_err(|e| FetchError::Refused(format!("output {}: {e}", entry.output)))?;
-        for e in &manifest.entries {
-            if let EntryKind::File { blake3, size } = &e.kind {
-                let listed = entry
+                store
+                    .ac_put(&entry.key, &result)
+                    .map_err(|e| Fetch::Refused(format!("cannot record it locally: {e}")))?;
+                self.stats.add_hit();
+                let mine: Vec<u64> = entry
                     .blobs
                     .iter()
-                    .any(|b| b.blake3 == *blake3 && b.size == *size);
-                if !listed || !store.has(blake3) {
-                    return Err(FetchError::Refused(format!(
-                        "the manifest's {} ({blake3}) is not in the signed closure",
-                        e.path
-                    )));
-                }
-            }
-        }
-        Ok((needed.len(), bytes))
+                    .filter_map(|b| moved.get(&b.blake3).copied())
+                    .collect();
+                Ok((mine.len(), mine.iter().sum()))
+            })
+            .collect()
     }
 
     fn suspect_blob(&self, d: Digest) {
@@ -310,78 +342,182 @@ impl Remote {
 
     /// Sends `key`'s local entry (`result`) and its closure to the server.
     pub fn push(&self, store: &Store, key: &Digest, result: &ActionResult) -> Push {
+        self.push_many(store, &[(*key, *result)])
+            .pop()
+            .unwrap_or(Push::Present)
+    }
+
+    /// Sends several local entries: one question for all their blobs, one
+    /// parallel pool for the uploads, then the signed entries (last, so no
+    /// entry is visible before its blobs). One result per entry.
+    pub fn push_many(&self, store: &Store, items: &[(Digest, ActionResult)]) -> Vec<Push> {
+        let all = |p: fn() -> Push| items.iter().map(|_| p()).collect::<Vec<_>>();
         if self.read_only {
-            return Push::ReadOnly;
+            return all(|| Push::ReadOnly);
         }
         let Some(signer) = &self.signer else {
             self.warned_unsigned.fetch_add(1, Ordering::Relaxed);
-            return Push::Unsigned;
+            return all(|| Push::Unsigned);
         };
         if self.is_down() {
-            return Push::Off;
+            return all(|| Push::Off);
         }
-        let closure = match closure(store, result, self.backend.addressing()) {
-            Ok(c) => c,
-            Err(e) => return Push::Failed(format!("cannot list what {key} needs: {e}")),
-        };
+        let addressing = self.backend.addressing();
+        let mut entries = Vec::new();
+        for (key, result) in items {
+            match closure(store, result, addressing) {
+                Ok(blobs) => entries.push(Entry {
+                    schema: SCHEMA.into(),
+                    key: *key,
+                    output: result.output,
+                    log: result.log,
+                    blobs,
+                }),
+                Err(e) => {
+                    let mut out = all(|| Push::Off);
+                    out[entries.len()] = Push::Failed(format!("cannot list what {key} needs: {e}"));
+                    return out;
+                }
+            }
+        }
         let started = Instant::now();
-        let mut missing = match self.backend.missing(&closure) {
-            Ok(m) => m,
-            Err(e) => return self.unavailable(&e, Push::Unavailable, Push::Off),
-        };
-        if let Ok(suspect) = self.suspect.lock() {
-            for b in &closure {
-                if suspect.contains(&b.blake3) && !missing.contains(b) {
-                    missing.push(b.clone());
+        let mut wanted: Vec<BlobRef> = entries.iter().flat_map(|e| e.blobs.clone()).collect();
+        wanted.sort();
+        wanted.dedup_by_key(|b| b.blake3);
+        let suspect: BTreeSet<Digest> = self.suspect.lock().map(|s| s.clone()).unwrap_or_default();
+        // Per wanted blob: Some(bytes) uploaded, None already there.
+        let outcomes: Vec<Result<Option<u64>, TransferError>> = if self.backend.batch_missing() {
+            // One question for every blob (FindMissingBlobs), then the uploads.
+            let mut missing: BTreeSet<Digest> = match self.backend.missing(&wanted) {
+                Ok(m) => m.into_iter().map(|b| b.blake3).collect(),
+                Err(e) => {
+                    let first = self.unavailable(&e, Push::Unavailable, Push::Off);
+                    let mut out = all(|| Push::Off);
+                    out[0] = first;
+                    return out;
                 }
-            }
-        }
-        let entry = Entry {
-            schema: SCHEMA.into(),
-            key: *key,
-            output: result.output,
-            log: result.log,
-            blobs: closure,
-        };
-        if missing.is_empty() {
-            if let Ok(Some(doc)) = self.backend.get_entry(key) {
-                if SignedEntry::verify(&doc, key, &self.trusted).is_ok_and(|e| e == entry) {
-                    return Push::Present;
+            };
+            missing.extend(suspect.iter().copied());
+            parallel(&wanted, self.transfers, |b| {
+                if missing.contains(&b.blake3) {
+                    self.backend.upload(b, store).map(Some)
+                } else {
+                    Ok(None)
                 }
-            }
-        }
-        let results = parallel(&missing, self.transfers, |b| self.backend.upload(b, store));
-        let mut bytes = 0;
-        for r in results {
+            })
+        } else {
+            // Ask and send blob by blob, all in one pool, so the questions
+            // overlap the uploads.
+            parallel(&wanted, self.transfers, |b| {
+                if !suspect.contains(&b.blake3)
+                    && self.backend.missing(std::slice::from_ref(b))?.is_empty()
+                {
+                    return Ok(None);
+                }
+                self.backend.upload(b, store).map(Some)
+            })
+        };
+        let mut sent: BTreeMap<Digest, u64> = BTreeMap::new();
+        let mut failed: BTreeMap<Digest, String> = BTreeMap::new();
+        let mut missing_set: BTreeSet<Digest> = BTreeSet::new();
+        for (b, r) in wanted.iter().zip(outcomes) {
             match r {
-                Ok(n) => bytes += n,
-                Err(TransferError::Backend(e)) => {
-                    return self.unavailable(&e, Push::Unavailable, Push::Off)
+                Ok(None) => {}
+                Ok(Some(n)) => {
+                    sent.insert(b.blake3, n);
+                    missing_set.insert(b.blake3);
                 }
-                Err(e) => return Push::Failed(e.to_string()),
+                Err(TransferError::Backend(e)) => {
+                    let first = self.unavailable(&e, Push::Unavailable, Push::Off);
+                    let mut out = all(|| Push::Off);
+                    out[0] = first;
+                    return out;
+                }
+                Err(e) => {
+                    failed.insert(b.blake3, e.to_string());
+                    missing_set.insert(b.blake3);
+                }
             }
         }
+        // An entry whose blobs were all there may be there itself.
+        let present: Vec<bool> = parallel(&entries, self.transfers, |e| {
+            e.blobs.iter().all(|b| !missing_set.contains(&b.blake3))
+                && matches!(self.backend.get_entry(&e.key), Ok(Some(doc))
+                    if SignedEntry::verify(&doc, &e.key, &self.trusted).is_ok_and(|v| v == *e))
+        });
         if let Ok(mut suspect) = self.suspect.lock() {
-            for b in &missing {
-                suspect.remove(&b.blake3);
+            for d in sent.keys() {
+                suspect.remove(d);
             }
         }
-        let doc = signer.sign(entry).to_json();
-        if let Err(e) = self.backend.put_entry(key, &doc) {
-            return self.unavailable(&e, Push::Unavailable, Push::Off);
-        }
+        let docs: Vec<Option<Vec<u8>>> = entries
+            .iter()
+            .zip(&present)
+            .map(|(e, &present)| {
+                let blocked = e.blobs.iter().any(|b| failed.contains_key(&b.blake3));
+                (!present && !blocked).then(|| signer.sign(e.clone()).to_json())
+            })
+            .collect();
+        let indexed: Vec<usize> = (0..entries.len()).collect();
+        let put = parallel(&indexed, self.transfers, |&i| match &docs[i] {
+            Some(doc) => self.backend.put_entry(&entries[i].key, doc).map(|_| true),
+            None => Ok(false),
+        });
         self.stats
-            .add_upload(missing.len(), bytes, started.elapsed());
-        Push::Uploaded {
-            blobs: missing.len(),
-            bytes,
-        }
+            .add_upload(sent.len(), sent.values().sum(), started.elapsed());
+        let mut counted = BTreeSet::new();
+        entries
+            .iter()
+            .zip(put)
+            .zip(&present)
+            .map(|((e, put), &present)| {
+                if let Some(why) = e.blobs.iter().find_map(|b| failed.get(&b.blake3)) {
+                    return Push::Failed(why.clone());
+                }
+                match put {
+                    Err(err) => self.unavailable(&err, Push::Unavailable, Push::Off),
+                    Ok(false) if present => Push::Present,
+                    Ok(_) => {
+                        // A blob shared by several entries counts for the first.
+                        let mine: Vec<u64> = e
+                            .blobs
+                            .iter()
+                            .filter(|b| counted.insert(b.blake3))
+                            .filter_map(|b| sent.get(&b.blake3).copied())
+                            .collect();
+                        Push::Uploaded {
+                            blobs: mine.len(),
+                            bytes: mine.iter().sum(),
+                        }
+                    }
+                }
+            })
+            .collect()
     }
 }
 
-enum FetchError {
-    Refused(String),
-    Unavailable(BackendError),
+/// The manifest hashes to the signed output digest, so its file list is
+/// what the signer built; each of its blobs must be in the signed closure
+/// (with the same size) and now in the store.
+fn check_manifest(store: &Store, entry: &Entry) -> Result<(), String> {
+    let manifest = store
+        .get_manifest(&entry.output)
+        .map_err(|e| format!("output {}: {e}", entry.output))?;
+    for e in &manifest.entries {
+        if let EntryKind::File { blake3, size } = &e.kind {
+            let listed = entry
+                .blobs
+                .iter()
+                .any(|b| b.blake3 == *blake3 && b.size == *size);
+            if !listed || !store.has(blake3) {
+                return Err(format!(
+                    "the manifest's {} ({blake3}) is not in the signed closure",
+                    e.path
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Every blob `result` needs: its manifest, the manifest's files, its log;

@@ -37,6 +37,7 @@ use tonic::{Code, Status};
 
 use crate::digest::Digest;
 use crate::store::Store;
+use crate::transfer::Staged;
 
 use super::backend::{Addressing, Backend, BackendError, TransferError};
 use super::entry::BlobRef;
@@ -277,6 +278,10 @@ impl Backend for Reapi {
         format!("{} (REAPI instance {:?})", self.endpoint, self.instance)
     }
 
+    fn batch_missing(&self) -> bool {
+        true
+    }
+
     fn addressing(&self) -> Addressing {
         match self.function {
             digest_function::Value::Blake3 => Addressing::Blake3,
@@ -375,7 +380,7 @@ impl Backend for Reapi {
         Ok(missing)
     }
 
-    fn download(&self, blob: &BlobRef, store: &Store) -> Result<u64, TransferError> {
+    fn download(&self, blob: &BlobRef, store: &Store) -> Result<(Staged, u64), TransferError> {
         let digest = self.blob_digest(blob)?;
         let what = format!("{} blob {}", self.endpoint, digest.hash);
         if blob.size <= SMALL {

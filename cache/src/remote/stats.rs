@@ -46,9 +46,18 @@ fn micros(d: Duration) -> u64 {
 }
 
 impl Stats {
-    pub(crate) fn add_lookup(&self, hit: bool, took: Duration) {
-        add(if hit { &self.hits } else { &self.misses }, 1);
+    /// A lookup that found nothing.
+    pub(crate) fn add_miss(&self, took: Duration) {
+        add(&self.misses, 1);
         add(&self.micros_lookup, micros(took));
+    }
+    /// A lookup that found an entry (which may still be refused later).
+    pub(crate) fn add_lookup_time(&self, took: Duration) {
+        add(&self.micros_lookup, micros(took));
+    }
+    /// An entry whose closure checked out and is now in the store.
+    pub(crate) fn add_hit(&self) {
+        add(&self.hits, 1);
     }
     pub(crate) fn add_refused(&self) {
         add(&self.refused, 1);

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Subcommand;
-use kiln_cache::remote::{self, Fetch, Location, PublicKey, Remote, SecretKey};
+use kiln_cache::remote::{self, Entry, Fetch, Location, PublicKey, Push, Remote, SecretKey};
 use kiln_cache::{ActionResult, Digest, Store};
 use serde::Deserialize;
 
@@ -339,29 +339,35 @@ fn push(s: &Session, board: Option<&str>) -> Result<(), Failure> {
                 missing.join(", ")
             )));
         }
+        let items: Vec<(Digest, ActionResult)> =
+            nodes.iter().map(|n| (n.key, local[&n.key])).collect();
         let (mut sent, mut bytes) = (0, 0);
-        for node in &nodes {
-            let result = &local[&node.key];
-            match crate::remote::push_one(remote, store, &node.key, result) {
-                Ok(Some((b, n))) => {
+        let mut errors = Vec::new();
+        for (node, push) in nodes.iter().zip(remote.push_many(store, &items)) {
+            match push {
+                Push::Uploaded { blobs, bytes: n } => {
                     sent += 1;
                     bytes += n;
                     eprintln!(
-                        "  pushed  {:<16} {} ({b} blobs, {})",
+                        "  pushed  {:<16} {} ({blobs} new blobs, {})",
                         node.name,
                         short(&node.key),
                         human_bytes(n)
                     );
                 }
-                Ok(None) if remote.is_down() => break,
-                Ok(None) => eprintln!("  present {:<16} {}", node.name, short(&node.key)),
-                Err(e) => return Err(Failure::build(format!("error: {}: {e}", node.name))),
+                Push::Present => eprintln!("  present {:<16} {}", node.name, short(&node.key)),
+                Push::Off => {}
+                Push::Unavailable(why) => errors.push(format!(
+                    "the remote cache {} is unavailable: {why}",
+                    remote.describe()
+                )),
+                other => errors.push(format!("{}: {other:?}", node.name)),
             }
         }
-        if remote.is_down() {
+        if remote.is_down() || !errors.is_empty() {
             return Err(Failure::build(format!(
-                "error: the remote cache {} became unavailable; run `kiln cache push {board}` again",
-                remote.describe()
+                "error: {}\n  = help: run `kiln cache push {board}` again when that is fixed",
+                errors.join("\n")
             )));
         }
         println!(
@@ -376,43 +382,69 @@ fn push(s: &Session, board: Option<&str>) -> Result<(), Failure> {
 
 fn pull(s: &Session, board: Option<&str>) -> Result<(), Failure> {
     with_board(s, board, |ctx, remote, store, board| {
-        let (mut fetched, mut local, mut bytes) = (0, 0, 0);
+        let mut local = 0;
         let mut problems: Vec<String> = Vec::new();
+        let mut pending: Vec<(String, Entry)> = Vec::new();
+        // Entries first (each gives its node's output, so dependents' keys
+        // can be computed), then every missing blob in one parallel pool.
         let (nodes, missing) = walk(ctx, |name, key| {
             if let Ok(Some(r)) = store.ac_get(key) {
                 local += 1;
                 return Some(r.output);
             }
-            match remote.fetch(store, key) {
-                Fetch::Hit {
-                    result, bytes: n, ..
-                } => {
-                    fetched += 1;
-                    bytes += n;
-                    eprintln!("  fetched {name:<16} {} ({})", short(key), human_bytes(n));
-                    Some(result.output)
+            match remote.lookup(key) {
+                Ok(entry) => {
+                    let output = entry.output;
+                    pending.push((name.to_string(), entry));
+                    Some(output)
                 }
-                Fetch::Miss => None,
-                Fetch::Refused(why) => {
+                Err(Fetch::Refused(why)) => {
                     problems.push(format!("{name}: refused: {why}"));
                     None
                 }
-                Fetch::Unavailable(why) => {
+                Err(Fetch::Unavailable(why)) => {
                     problems.push(format!("the remote cache is unavailable: {why}"));
                     None
                 }
-                Fetch::Off => None,
+                Err(_) => None,
             }
         });
-        for p in &problems {
-            eprintln!("warning: {p}");
+        let entries: Vec<Entry> = pending.iter().map(|(_, e)| e.clone()).collect();
+        let (mut fetched, mut bytes) = (0, 0);
+        for ((name, entry), r) in pending.iter().zip(remote.complete(store, &entries)) {
+            match r {
+                Ok((_, n)) => {
+                    fetched += 1;
+                    bytes += n;
+                    eprintln!(
+                        "  fetched {name:<16} {} ({})",
+                        short(&entry.key),
+                        human_bytes(n)
+                    );
+                }
+                Err(Fetch::Refused(why)) => problems.push(format!("{name}: refused: {why}")),
+                Err(Fetch::Unavailable(why)) => {
+                    problems.push(format!("the remote cache is unavailable: {why}"))
+                }
+                Err(_) => problems.push(format!("{name}: not fetched")),
+            }
         }
-        if !missing.is_empty() {
-            return Err(Failure::build(format!(
-                "error: {board}: the remote cache {} lacks {} (and so what depends on it)\n  = help: whoever builds {board} can `kiln cache push {board}`; or `kiln build {board}` builds the rest here",
-                remote.describe(),
-                missing.join(", ")
-            )));
+        if !missing.is_empty() || !problems.is_empty() {
+            let mut msg = format!("error: {board}: not everything could be pulled");
+            for p in &problems {
+                msg.push_str(&format!("\n  {p}"));
+            }
+            if !missing.is_empty() {
+                msg.push_str(&format!(
+                    "\n  the remote cache {} lacks {} (and so what depends on it)",
+                    remote.describe(),
+                    missing.join(", ")
+                ));
+            }
+            msg.push_str(&format!(
+                "\n  = help: whoever builds {board} can `kiln cache push {board}`; or `kiln build {board}` builds the rest here"
+            ));
+            return Err(Failure::build(msg));
         }
         println!(
             "kiln cache pull: {board}: {} nodes, {fetched} fetched ({}), {local} already local",
