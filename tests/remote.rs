@@ -789,3 +789,56 @@ fn a_shared_directory_works_as_a_cache() {
     let w = warnings(&o).join("\n");
     assert!(w.contains("no key is trusted"), "{w}");
 }
+
+/// Bad cache settings are errors that say where and what to do; none of
+/// them is a silent local build.
+#[test]
+fn bad_cache_settings_say_where_and_what_to_do() {
+    let keys_dir = tempdir("kiln-keys-");
+    let (key, _) = keygen(keys_dir.path(), "team.key");
+    let cases: Vec<(String, Vec<&str>)> = vec![
+        (
+            "url = \"ftp://cache.example/kiln\"\n".into(),
+            vec!["kiln.toml [cache] url", "expected http(s)://"],
+        ),
+        (
+            "url = \"http://127.0.0.1:9\"\ntrusted_keys = [\"ed25519:abcd\"]\n".into(),
+            vec!["kiln.toml [cache] trusted_keys", "64 hex digits"],
+        ),
+        (
+            "url = \"http://127.0.0.1:9\"\nsigning_key = \"/nonexistent/key\"\n".into(),
+            vec!["kiln.toml [cache] signing_key", "/nonexistent/key", "kiln cache keygen"],
+        ),
+        (
+            "url = \"http://127.0.0.1:9\"\nsigning-key = \"x\"\n".into(),
+            vec!["kiln.toml", "unknown field `signing-key`"],
+        ),
+    ];
+    for (cache, expect) in cases {
+        let p = toy_project(&cache);
+        let o = p.kiln(&["build", "test-board"]);
+        assert_eq!(o.status.code(), Some(2), "{cache}: {}", stderr(&o));
+        for e in expect {
+            assert!(stderr(&o).contains(e), "{cache}: expected {e:?} in:\n{}", stderr(&o));
+        }
+    }
+
+    // A signing key others can read is refused, with the fix.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let p = toy_project(&format!(
+        "url = \"http://127.0.0.1:9\"\nsigning_key = \"{}\"\n",
+        key.display()
+    ));
+    let o = p.kiln(&["build", "test-board"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("chmod 600"), "{}", stderr(&o));
+
+    // Pushing without a remote, or without a key, says how to fix it.
+    let p = toy_project("");
+    let o = p.kiln(&["cache", "push", "test-board"]);
+    assert!(stderr(&o).contains("no remote cache is configured"), "{}", stderr(&o));
+    let p = toy_project("url = \"http://127.0.0.1:9\"\n");
+    let o = p.kiln(&["cache", "push", "test-board"]);
+    assert!(stderr(&o).contains("no signing key"), "{}", stderr(&o));
+}
