@@ -807,7 +807,11 @@ fn bad_cache_settings_say_where_and_what_to_do() {
         ),
         (
             "url = \"http://127.0.0.1:9\"\nsigning_key = \"/nonexistent/key\"\n".into(),
-            vec!["kiln.toml [cache] signing_key", "/nonexistent/key", "kiln cache keygen"],
+            vec![
+                "kiln.toml [cache] signing_key",
+                "/nonexistent/key",
+                "kiln cache keygen",
+            ],
         ),
         (
             "url = \"http://127.0.0.1:9\"\nsigning-key = \"x\"\n".into(),
@@ -819,7 +823,11 @@ fn bad_cache_settings_say_where_and_what_to_do() {
         let o = p.kiln(&["build", "test-board"]);
         assert_eq!(o.status.code(), Some(2), "{cache}: {}", stderr(&o));
         for e in expect {
-            assert!(stderr(&o).contains(e), "{cache}: expected {e:?} in:\n{}", stderr(&o));
+            assert!(
+                stderr(&o).contains(e),
+                "{cache}: expected {e:?} in:\n{}",
+                stderr(&o)
+            );
         }
     }
 
@@ -837,7 +845,11 @@ fn bad_cache_settings_say_where_and_what_to_do() {
     // Pushing without a remote, or without a key, says how to fix it.
     let p = toy_project("");
     let o = p.kiln(&["cache", "push", "test-board"]);
-    assert!(stderr(&o).contains("no remote cache is configured"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("no remote cache is configured"),
+        "{}",
+        stderr(&o)
+    );
     let p = toy_project("url = \"http://127.0.0.1:9\"\n");
     let o = p.kiln(&["cache", "push", "test-board"]);
     assert!(stderr(&o).contains("no signing key"), "{}", stderr(&o));

@@ -20,6 +20,8 @@ use super::entry::BlobRef;
 
 /// An entry document is small; anything bigger is not one.
 const MAX_ENTRY: u64 = 64 << 20;
+/// Blobs (as stored) up to this size are uploaded from memory.
+const SMALL_UPLOAD: u64 = 4 << 20;
 
 pub struct Http {
     base: String,
@@ -148,12 +150,24 @@ impl Backend for Http {
         let url = self.url("cas", &blob.blake3);
         let len = store.stored_size(&blob.blake3)?;
         let mut export = store.export_compressed(&blob.blake3)?;
-        let resp = self
-            .agent
-            .put(&url)
-            .header("content-length", len.to_string())
-            .send(ureq::SendBody::from_reader(&mut export))
-            .map_err(|e| failure(&url, e))?;
+        let request = self.agent.put(&url);
+        let sent = if len <= SMALL_UPLOAD {
+            // Read (and so verify) it whole, then send it in one go: most
+            // blobs are small, and a streamed body costs more per blob.
+            let mut body = Vec::with_capacity(len as usize);
+            export
+                .read_to_end(&mut body)
+                .map_err(|e| TransferError::Refused {
+                    digest: blob.blake3,
+                    reason: e.to_string(),
+                })?;
+            request.send(&body[..])
+        } else {
+            request
+                .header("content-length", len.to_string())
+                .send(ureq::SendBody::from_reader(&mut export))
+        };
+        let resp = sent.map_err(|e| failure(&url, e))?;
         match resp.status() {
             s if s.is_success() => Ok(len),
             s => Err(bad_status("PUT", &url, s).into()),
