@@ -57,6 +57,16 @@ impl Http {
     }
 }
 
+/// Reads what is left of a reply (nginx answers a PUT with a short HTML
+/// body): only a fully read reply gives its connection back to the pool,
+/// and a new connection per blob halves upload throughput.
+fn drain(resp: ureq::http::Response<ureq::Body>) {
+    let _ = std::io::copy(
+        &mut resp.into_body().into_reader().take(1 << 20),
+        &mut std::io::sink(),
+    );
+}
+
 fn failure(url: &str, e: ureq::Error) -> BackendError {
     BackendError::Unavailable(format!("{url}: {e}"))
 }
@@ -169,7 +179,10 @@ impl Backend for Http {
         };
         let resp = sent.map_err(|e| failure(&url, e))?;
         match resp.status() {
-            s if s.is_success() => Ok(len),
+            s if s.is_success() => {
+                drain(resp);
+                Ok(len)
+            }
             s => Err(bad_status("PUT", &url, s).into()),
         }
     }
