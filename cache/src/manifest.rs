@@ -207,6 +207,12 @@ impl Store {
 
     /// Reads and validates manifest `d`.
     pub fn get_manifest(&self, d: &Digest) -> Result<Manifest, StoreError> {
+        self.get_manifest_sized(d).map(|(m, _)| m)
+    }
+
+    /// The manifest and its blob's content size, from one read (a remote
+    /// entry lists both).
+    pub fn get_manifest_sized(&self, d: &Digest) -> Result<(Manifest, u64), StoreError> {
         let bytes = self.get_bytes(d)?;
         let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| StoreError::NotAManifest {
             digest: *d,
@@ -216,7 +222,7 @@ impl Store {
             digest: *d,
             reason: e.to_string(),
         })?;
-        Ok(m)
+        Ok((m, bytes.len() as u64))
     }
 }
 

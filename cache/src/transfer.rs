@@ -89,6 +89,30 @@ fn read_chunk(src: &mut dyn Read, buf: &mut [u8]) -> Result<usize, ImportError> 
     }
 }
 
+/// Reads `src` to the end, giving each chunk to `take`, which returns how
+/// much content it has seen so far: more than `size` is refused at once,
+/// so a server can't make us store an endless blob. Returns bytes read.
+fn pump(
+    src: &mut dyn Read,
+    size: u64,
+    mut take: impl FnMut(&[u8]) -> Result<u64, ImportError>,
+) -> Result<u64, ImportError> {
+    let mut buf = vec![0u8; BUF_SIZE];
+    let mut read = 0u64;
+    loop {
+        let n = read_chunk(src, &mut buf)?;
+        if n == 0 {
+            return Ok(read);
+        }
+        read += n as u64;
+        if take(&buf[..n])? > size {
+            return Err(ImportError::Mismatch(format!(
+                "content is longer than {size} bytes"
+            )));
+        }
+    }
+}
+
 impl Store {
     /// Stages blob `d` (content of `size` bytes) from its zstd form read
     /// from `src`, decoding as it arrives to check it. Returns it with the
@@ -103,24 +127,13 @@ impl Store {
         let mut out = BufWriter::with_capacity(BUF_SIZE, tmp.file());
         let mut check = zstd::stream::write::Decoder::new(HashSink::new())
             .map_err(|e| ImportError::Mismatch(format!("cannot start decoding: {e}")))?;
-        let mut buf = vec![0u8; BUF_SIZE];
-        let mut wire = 0u64;
-        loop {
-            let n = read_chunk(src, &mut buf)?;
-            if n == 0 {
-                break;
-            }
-            out.write_all(&buf[..n]).ctx("writing", tmp.path())?;
+        let wire = pump(src, size, |chunk| {
+            out.write_all(chunk).ctx("writing", tmp.path())?;
             check
-                .write_all(&buf[..n])
+                .write_all(chunk)
                 .map_err(|e| ImportError::Mismatch(format!("not zstd data: {e}")))?;
-            wire += n as u64;
-            if check.get_ref().len > size {
-                return Err(ImportError::Mismatch(format!(
-                    "content is longer than {size} bytes"
-                )));
-            }
-        }
+            Ok(check.get_ref().len)
+        })?;
         check
             .flush()
             .map_err(|e| ImportError::Mismatch(format!("truncated zstd data: {e}")))?;
@@ -146,21 +159,11 @@ impl Store {
             zstd::Encoder::new(BufWriter::with_capacity(BUF_SIZE, tmp.file()), ZSTD_LEVEL)
                 .ctx("compressing into", tmp.path())?;
         let mut sink = HashSink::new();
-        let mut buf = vec![0u8; BUF_SIZE];
-        loop {
-            let n = read_chunk(src, &mut buf)?;
-            if n == 0 {
-                break;
-            }
-            let _ = sink.write(&buf[..n]);
-            if sink.len > size {
-                return Err(ImportError::Mismatch(format!(
-                    "content is longer than {size} bytes"
-                )));
-            }
-            enc.write_all(&buf[..n])
-                .ctx("compressing into", tmp.path())?;
-        }
+        pump(src, size, |chunk| {
+            let _ = sink.write(chunk);
+            enc.write_all(chunk).ctx("compressing into", tmp.path())?;
+            Ok(sink.len)
+        })?;
         sink.check(d, size).map_err(ImportError::Mismatch)?;
         let mut out = enc.finish().ctx("compressing into", tmp.path())?;
         out.flush().ctx("writing", tmp.path())?;

@@ -118,20 +118,17 @@ impl Backend for Http {
         }
     }
 
+    /// One HEAD per blob: the caller asks right before each upload, from
+    /// its transfer pool (see `Backend::batch_missing`).
     fn missing(&self, blobs: &[BlobRef]) -> Result<Vec<BlobRef>, BackendError> {
-        let found = super::parallel(blobs, super::HEAD_PARALLELISM, |b| {
+        let mut missing = Vec::new();
+        for b in blobs {
             let url = self.url("cas", &b.blake3);
             let resp = self.agent.head(&url).call().map_err(|e| failure(&url, e))?;
             match resp.status() {
-                StatusCode::NOT_FOUND => Ok(false),
-                s if s.is_success() => Ok(true),
-                s => Err(bad_status("HEAD", &url, s)),
-            }
-        });
-        let mut missing = Vec::new();
-        for (b, found) in blobs.iter().zip(found) {
-            if !found? {
-                missing.push(b.clone());
+                StatusCode::NOT_FOUND => missing.push(b.clone()),
+                s if s.is_success() => {}
+                s => return Err(bad_status("HEAD", &url, s)),
             }
         }
         Ok(missing)

@@ -32,15 +32,13 @@ pub use backend::{Addressing, Backend, BackendError, TransferError};
 pub use entry::{BlobRef, Entry, PublicKey, SecretKey, SignedEntry, SCHEMA};
 pub use stats::{Snapshot, Stats};
 
-/// HEAD requests in flight at once when asking which blobs a server lacks.
-pub(crate) const HEAD_PARALLELISM: usize = 16;
-
 /// Where a remote cache is, parsed from `--cache URL` or kiln.toml.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {
     /// `http://` or `https://` base URL.
     Http(String),
-    /// `grpc://host:port[/instance]` (or `grpcs://`): a REAPI server.
+    /// `grpc://host:port[/instance]`: a REAPI server (plain gRPC; TLS is not
+    /// built in).
     Reapi { endpoint: String, instance: String },
     /// `file:///path` or an absolute path: a shared directory.
     Dir(PathBuf),
@@ -52,24 +50,27 @@ impl Location {
         if url.starts_with("http://") || url.starts_with("https://") {
             return Ok(Location::Http(url.to_string()));
         }
-        for (scheme, http) in [("grpc://", "http://"), ("grpcs://", "https://")] {
-            if let Some(rest) = url.strip_prefix(scheme) {
-                let (host, instance) = rest.split_once('/').unwrap_or((rest, ""));
-                if host.is_empty() {
-                    return Err(format!("cache URL {url:?}: no host after {scheme}"));
-                }
-                return Ok(Location::Reapi {
-                    endpoint: format!("{http}{host}"),
-                    instance: instance.trim_end_matches('/').to_string(),
-                });
+        if url.starts_with("grpcs://") {
+            return Err(format!(
+                "cache URL {url:?}: REAPI over TLS is not supported yet; use grpc:// (plain gRPC) on a trusted network, or put the server behind a TLS tunnel"
+            ));
+        }
+        if let Some(rest) = url.strip_prefix("grpc://") {
+            let (host, instance) = rest.split_once('/').unwrap_or((rest, ""));
+            if host.is_empty() {
+                return Err(format!("cache URL {url:?}: no host after grpc://"));
             }
+            return Ok(Location::Reapi {
+                endpoint: format!("http://{host}"),
+                instance: instance.trim_end_matches('/').to_string(),
+            });
         }
         let path = url.strip_prefix("file://").unwrap_or(url);
         if path.starts_with('/') {
             return Ok(Location::Dir(PathBuf::from(path)));
         }
         Err(format!(
-            "cache URL {url:?}: expected http(s)://HOST/PATH (WebDAV), grpc(s)://HOST:PORT[/INSTANCE] (REAPI), or file:///DIR"
+            "cache URL {url:?}: expected http(s)://HOST/PATH (WebDAV), grpc://HOST:PORT[/INSTANCE] (REAPI), or file:///DIR"
         ))
     }
 }
@@ -137,7 +138,6 @@ pub struct Remote {
     /// bad, so a push sends them even though the server says it has them.
     suspect: Mutex<BTreeSet<Digest>>,
     pub stats: Stats,
-    warned_unsigned: AtomicUsize,
 }
 
 impl Remote {
@@ -164,7 +164,6 @@ impl Remote {
             down: AtomicBool::new(false),
             suspect: Mutex::new(BTreeSet::new()),
             stats: Stats::default(),
-            warned_unsigned: AtomicUsize::new(0),
         })
     }
 
@@ -352,11 +351,19 @@ impl Remote {
     /// entry is visible before its blobs). One result per entry.
     pub fn push_many(&self, store: &Store, items: &[(Digest, ActionResult)]) -> Vec<Push> {
         let all = |p: fn() -> Push| items.iter().map(|_| p()).collect::<Vec<_>>();
+        // The remote went away: the first entry says so (once per process),
+        // the rest are off.
+        let down = |e: &BackendError| {
+            let mut out = all(|| Push::Off);
+            if let Some(first) = out.first_mut() {
+                *first = self.unavailable(e, Push::Unavailable, Push::Off);
+            }
+            out
+        };
         if self.read_only {
             return all(|| Push::ReadOnly);
         }
         let Some(signer) = &self.signer else {
-            self.warned_unsigned.fetch_add(1, Ordering::Relaxed);
             return all(|| Push::Unsigned);
         };
         if self.is_down() {
@@ -390,12 +397,7 @@ impl Remote {
             // One question for every blob (FindMissingBlobs), then the uploads.
             let mut missing: BTreeSet<Digest> = match self.backend.missing(&wanted) {
                 Ok(m) => m.into_iter().map(|b| b.blake3).collect(),
-                Err(e) => {
-                    let first = self.unavailable(&e, Push::Unavailable, Push::Off);
-                    let mut out = all(|| Push::Off);
-                    out[0] = first;
-                    return out;
-                }
+                Err(e) => return down(&e),
             };
             missing.extend(suspect.iter().copied());
             parallel(&wanted, self.transfers, |b| {
@@ -427,12 +429,7 @@ impl Remote {
                     sent.insert(b.blake3, n);
                     missing_set.insert(b.blake3);
                 }
-                Err(TransferError::Backend(e)) => {
-                    let first = self.unavailable(&e, Push::Unavailable, Push::Off);
-                    let mut out = all(|| Push::Off);
-                    out[0] = first;
-                    return out;
-                }
+                Err(TransferError::Backend(e)) => return down(&e),
                 Err(e) => {
                     failed.insert(b.blake3, e.to_string());
                     missing_set.insert(b.blake3);
@@ -527,8 +524,8 @@ fn closure(
     result: &ActionResult,
     addressing: Addressing,
 ) -> Result<Vec<BlobRef>, StoreError> {
-    let manifest = store.get_manifest(&result.output)?;
-    let mut blobs: Vec<(Digest, u64)> = vec![(result.output, store.content_size(&result.output)?)];
+    let (manifest, manifest_size) = store.get_manifest_sized(&result.output)?;
+    let mut blobs: Vec<(Digest, u64)> = vec![(result.output, manifest_size)];
     if let Some(log) = result.log {
         blobs.push((log, store.content_size(&log)?));
     }

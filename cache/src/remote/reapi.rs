@@ -1,5 +1,6 @@
-//! REAPI (Bazel Remote Execution API v2) caches: BuildGrid, Buildbarn,
-//! bazel-remote, BuildBuddy, NativeLink. Kiln uses the
+//! REAPI (Bazel Remote Execution API v2) caches, over plain gRPC (tested
+//! with BuildGrid; Buildbarn, bazel-remote, BuildBuddy and NativeLink speak
+//! the same services). Kiln uses the
 //! ContentAddressableStorage, ActionCache, ByteStream and Capabilities
 //! services, over gRPC (tonic, with the protos `bazel-remote-apis` ships).
 //!

@@ -85,12 +85,12 @@ impl Session {
             (None, Some(u)) => (u.clone(), self.cache_setting("url")),
             (None, None) => return Ok(None),
         };
-        let location = Location::parse(&expand(&url))
+        let location = Location::parse(&super::expand_home(&url))
             .map_err(|e| Failure::usage(format!("error: {from}: {e}")))?;
         let signing_key = match (&flags.signing_key, &cfg.signing_key) {
             (Some(p), _) => Some((p.clone(), "--signing-key".to_string())),
             (None, Some(p)) => Some((
-                self.project.root.join(expand(p)),
+                self.project.root.join(super::expand_home(p)),
                 self.cache_setting("signing_key"),
             )),
             (None, None) => None,
@@ -171,10 +171,6 @@ impl Session {
         })?;
         Remote::new(config).map_err(|e| Failure::build(format!("error: the remote cache: {e}")))
     }
-}
-
-fn expand(s: &str) -> String {
-    super::expand_home(s)
 }
 
 pub(super) fn run(s: &Session, what: &CacheCommand) -> Result<(), Failure> {

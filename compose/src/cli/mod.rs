@@ -44,7 +44,7 @@ struct Cli {
     /// Machine-readable events on stdout, one JSON object per line.
     #[arg(long, global = true)]
     json: bool,
-    /// A shared cache: http(s)://HOST/PATH (WebDAV), grpc(s)://HOST:PORT[/INSTANCE]
+    /// A shared cache: http(s)://HOST/PATH (WebDAV), grpc://HOST:PORT[/INSTANCE]
     /// (REAPI) or file:///DIR. Read-through, write-back. Default: kiln.toml's [cache] url.
     #[arg(long = "cache", global = true, env = "KILN_CACHE", value_name = "URL")]
     cache_url: Option<String>,
