@@ -14,21 +14,6 @@ use common::*;
 
 const BOARD: &str = "qemu-x86_64-tiny";
 
-/// A copy of the project (kiln.toml, recipes, boards) at `dest`, so that
-/// tests never write into the checkout's `out/`.
-fn copy_project(dest: &Path) {
-    std::fs::create_dir_all(dest).expect("mkdir");
-    for item in ["kiln.toml", "recipes", "boards"] {
-        let st = Command::new("cp")
-            .arg("-a")
-            .arg(repo().join(item))
-            .arg(dest)
-            .status()
-            .expect("cp");
-        assert!(st.success(), "copying {item}");
-    }
-}
-
 fn run_ok(cmd: &mut Command) -> String {
     let o = cmd
         .output()
@@ -46,14 +31,6 @@ fn manifest(project: &Path, board: &str) -> serde_json::Value {
     let path = project.join(format!("out/{board}.json"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).expect("manifest json")
-}
-
-fn sha256(path: &Path) -> String {
-    let out = run_ok(Command::new("sha256sum").arg(path));
-    out.split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string()
 }
 
 /// Copies partition `number` of `img` (as the manifest places it) to `dest`.

@@ -145,19 +145,6 @@ fn build_in(project: &Path, store: &Path) -> Output {
     kiln_in(project, store, &["--json", "build", "test-board"])
 }
 
-/// recipe → "built" / "cached" / "fetched".
-fn kinds(o: &Output) -> std::collections::BTreeMap<String, String> {
-    events(o)
-        .into_iter()
-        .filter_map(|e| {
-            let kind = e["event"].as_str()?.to_string();
-            let recipe = e["recipe"].as_str()?.to_string();
-            matches!(kind.as_str(), "cached" | "built" | "fetched" | "failed")
-                .then_some((recipe, kind))
-        })
-        .collect()
-}
-
 fn warnings(o: &Output) -> Vec<String> {
     events(o)
         .into_iter()
@@ -201,7 +188,7 @@ fn tampered_entries_and_blobs_are_refused_by_name_and_rebuilt() {
     let a = toy_project(&cache_section(&server.url, Some(&a_key), &[]));
     let first = build_in(a.root(), a.store.path());
     assert!(first.status.success(), "{}", stderr(&first));
-    assert_eq!(kinds(&first)["app"], "built");
+    assert_eq!(outcomes(&first)["app"], "built");
     assert!(warnings(&first).is_empty(), "{:?}", warnings(&first));
     let k = keys(&first);
     let (app_key, app_out) = k["app"].clone();
@@ -430,7 +417,7 @@ fn tampered_entries_and_blobs_are_refused_by_name_and_rebuilt() {
             "{name}: the build failed:\n{}",
             stderr(&o)
         );
-        let k = kinds(&o);
+        let k = outcomes(&o);
         assert_eq!(
             k["app"], "built",
             "{name}: app must be rebuilt locally: {k:?}"
@@ -445,9 +432,9 @@ fn tampered_entries_and_blobs_are_refused_by_name_and_rebuilt() {
         assert_eq!(keys(&o)["app"].1, app_out, "{name}");
         let again = build_in(b.root(), store.path());
         assert!(
-            kinds(&again).values().all(|v| v == "cached"),
+            outcomes(&again).values().all(|v| v == "cached"),
             "{name}: {:?}",
-            kinds(&again)
+            outcomes(&again)
         );
     }
     drop(mallory_pub);
@@ -518,7 +505,11 @@ fn concurrent_pushes_of_the_same_keys_are_consistent() {
     assert!(o.status.success(), "{}", stderr(&o));
     let o = build_in(c.root(), store.path());
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(kinds(&o).values().all(|v| v == "cached"), "{:?}", kinds(&o));
+    assert!(
+        outcomes(&o).values().all(|v| v == "cached"),
+        "{:?}",
+        outcomes(&o)
+    );
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
@@ -569,7 +560,7 @@ fn a_dead_or_silent_server_never_fails_or_hangs_a_build() {
     server.stop();
     let o = child.wait_with_output().expect("wait");
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(kinds(&o)["app"], "built");
+    assert_eq!(outcomes(&o)["app"], "built");
     let w = warnings(&o).join("\n");
     assert!(
         w.contains("is unavailable") && w.contains("kiln cache push"),
@@ -590,9 +581,9 @@ fn a_dead_or_silent_server_never_fails_or_hangs_a_build() {
     let o = build_in(b.root(), store.path());
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
-        kinds(&o).values().all(|v| v == "fetched"),
+        outcomes(&o).values().all(|v| v == "fetched"),
         "{:?}",
-        kinds(&o)
+        outcomes(&o)
     );
 
     // A server that accepts connections and never answers: the build goes on
@@ -636,26 +627,6 @@ fn a_dead_or_silent_server_never_fails_or_hangs_a_build() {
 
 const BOARD: &str = "qemu-x86_64-tiny";
 
-/// A copy of the project (kiln.toml, recipes, boards) at `dest`.
-fn copy_project(dest: &Path) {
-    std::fs::create_dir_all(dest).expect("mkdir");
-    for item in ["kiln.toml", "recipes", "boards"] {
-        let st = Command::new("cp")
-            .arg("-a")
-            .arg(repo().join(item))
-            .arg(dest)
-            .status()
-            .expect("cp");
-        assert!(st.success(), "copying {item}");
-    }
-}
-
-fn file_sha(path: &Path) -> String {
-    use sha2::Digest as _;
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    hex::encode(sha2::Sha256::digest(bytes))
-}
-
 /// Team A (the shared test store, as warm as earlier tests left it) builds
 /// the small board and pushes it; team B, with an empty store, in another
 /// checkout, builds it with every node a remote hit and gets the same
@@ -677,8 +648,8 @@ fn two_teams_share_the_small_board_over_webdav_and_reapi() {
     );
     assert!(o.status.success(), "team A's build: {}", stderr(&o));
     let a_img = a_dir.path().join(format!("out/{BOARD}.img"));
-    let a_sha = file_sha(&a_img);
-    let a_zst = file_sha(&a_dir.path().join(format!("out/{BOARD}.img.zst")));
+    let a_sha = sha256(&a_img);
+    let a_zst = sha256(&a_dir.path().join(format!("out/{BOARD}.img.zst")));
 
     for kind in ["start", "reapi-start"] {
         let server = Server::start(kind);
@@ -718,7 +689,7 @@ fn two_teams_share_the_small_board_over_webdav_and_reapi() {
             ],
         );
         assert!(o.status.success(), "{kind}: team B's build: {}", stderr(&o));
-        let k = kinds(&o);
+        let k = outcomes(&o);
         assert!(
             k.values().all(|v| v == "fetched"),
             "{kind}: every node must be a remote hit, nothing built: {k:?}\n{}",
@@ -731,13 +702,9 @@ fn two_teams_share_the_small_board_over_webdav_and_reapi() {
             .expect("done event");
         assert_eq!(done["built"], 0, "{kind}: {done}");
         let b_img = b_dir.path().join(format!("out/{BOARD}.img"));
+        assert_eq!(sha256(&b_img), a_sha, "{kind}: B's image differs from A's");
         assert_eq!(
-            file_sha(&b_img),
-            a_sha,
-            "{kind}: B's image differs from A's"
-        );
-        assert_eq!(
-            file_sha(&b_dir.path().join(format!("out/{BOARD}.img.zst"))),
+            sha256(&b_dir.path().join(format!("out/{BOARD}.img.zst"))),
             a_zst,
             "{kind}"
         );
@@ -765,7 +732,11 @@ fn a_shared_directory_works_as_a_cache() {
     let a = toy_project(&cache_section(&url, Some(&key), &[]));
     let o = build_in(a.root(), a.store.path());
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(kinds(&o).values().all(|v| v == "built"), "{:?}", kinds(&o));
+    assert!(
+        outcomes(&o).values().all(|v| v == "built"),
+        "{:?}",
+        outcomes(&o)
+    );
     let pushed = events(&o).iter().filter(|e| e["event"] == "pushed").count();
     assert_eq!(pushed, 3, "lib, app and the image are written back");
     assert!(walk(&shared.path().join("tmp")).is_empty());
@@ -775,9 +746,9 @@ fn a_shared_directory_works_as_a_cache() {
     let o = build_in(b.root(), store.path());
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
-        kinds(&o).values().all(|v| v == "fetched"),
+        outcomes(&o).values().all(|v| v == "fetched"),
         "{:?}",
-        kinds(&o)
+        outcomes(&o)
     );
 
     // A reader that trusts nobody uses nothing, and says why.
@@ -785,7 +756,11 @@ fn a_shared_directory_works_as_a_cache() {
     let store = tempdir("kiln-store-c-");
     let o = build_in(c.root(), store.path());
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(kinds(&o).values().all(|v| v == "built"), "{:?}", kinds(&o));
+    assert!(
+        outcomes(&o).values().all(|v| v == "built"),
+        "{:?}",
+        outcomes(&o)
+    );
     let w = warnings(&o).join("\n");
     assert!(w.contains("no key is trusted"), "{w}");
 }

@@ -106,15 +106,18 @@ pub fn events(o: &Output) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// recipe → event kind ("cached", "built", "failed", "skipped").
+/// recipe → event kind ("cached", "built", "fetched", "failed", "skipped").
 pub fn outcomes(o: &Output) -> std::collections::BTreeMap<String, String> {
     events(o)
         .into_iter()
         .filter_map(|e| {
             let kind = e["event"].as_str()?.to_string();
             let recipe = e["recipe"].as_str()?.to_string();
-            matches!(kind.as_str(), "cached" | "built" | "failed" | "skipped")
-                .then_some((recipe, kind))
+            matches!(
+                kind.as_str(),
+                "cached" | "built" | "fetched" | "failed" | "skipped"
+            )
+            .then_some((recipe, kind))
         })
         .collect()
 }
@@ -143,4 +146,26 @@ pub fn bootloader_recipe(name: &str, step: &str) -> String {
         "    steps:",
         "    provides: [\"ab-boot\", \"table:mbr\"],\n    steps:",
     )
+}
+
+/// A copy of the repository's project (kiln.toml, recipes, boards) at
+/// `dest`, so that a test never writes into the checkout's `out/`.
+pub fn copy_project(dest: &Path) {
+    std::fs::create_dir_all(dest).expect("mkdir");
+    for item in ["kiln.toml", "recipes", "boards"] {
+        let st = Command::new("cp")
+            .arg("-a")
+            .arg(repo().join(item))
+            .arg(dest)
+            .status()
+            .expect("cp");
+        assert!(st.success(), "copying {item}");
+    }
+}
+
+/// The sha256 of a file, as hex.
+pub fn sha256(path: &Path) -> String {
+    use sha2::Digest as _;
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    hex::encode(sha2::Sha256::digest(bytes))
 }

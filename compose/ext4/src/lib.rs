@@ -90,15 +90,7 @@ pub struct Summary {
 impl Summary {
     /// The UUID in its usual text form (as `blkid` prints it).
     pub fn uuid_string(&self) -> String {
-        let h: String = self.uuid.iter().map(|b| format!("{b:02x}")).collect();
-        format!(
-            "{}-{}-{}-{}-{}",
-            &h[..8],
-            &h[8..12],
-            &h[12..16],
-            &h[16..20],
-            &h[20..]
-        )
+        kiln_fstree::uuid_string(&self.uuid)
     }
 }
 

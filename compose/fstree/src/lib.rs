@@ -319,6 +319,20 @@ impl Tree {
     }
 }
 
+/// A filesystem UUID as `blkid` prints it: `8-4-4-4-12` lower-case hex.
+/// Here because every writer and the image manifest print UUIDs.
+pub fn uuid_string(u: &[u8; 16]) -> String {
+    let h: String = u.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,6 +14,8 @@ use kiln_fstree::Tree;
 use super::error::ImageError;
 use crate::model::PartitionLayout;
 
+pub use kiln_fstree::uuid_string;
+
 /// lz4hc at liblz4's default level, what `mkfs.erofs -zlz4hc` uses.
 pub const ROOT_COMPRESSION: kiln_erofs::Compression = kiln_erofs::Compression::Lz4hc { level: 9 };
 
@@ -182,17 +184,4 @@ pub fn layout_spec(p: &PartitionLayout) -> LayoutSpec {
         disk_bytes: (p.disk_mib > 0).then(|| p.disk_mib.saturating_mul(MIB)),
         boot_fat: None,
     }
-}
-
-/// `8-4-4-4-12` lower-case hex, as blkid prints filesystem UUIDs.
-pub fn uuid_string(u: &[u8; 16]) -> String {
-    let h = kiln_disk::hex(u);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    )
 }
