@@ -625,6 +625,103 @@ fn a_dead_or_silent_server_never_fails_or_hangs_a_build() {
     drop(hold);
 }
 
+/// A local blob damaged after it was built never reaches the server, small
+/// (sent from memory) or big (streamed): the push names the entry and says
+/// to rebuild, and the server gets neither blob nor an entry that needs
+/// them. A build then rebuilds it, and the next push is whole.
+#[test]
+fn a_damaged_local_blob_is_never_uploaded() {
+    let server = Server::start("start");
+    let keys_dir = tempdir("kiln-keys-");
+    let (key, _) = keygen(keys_dir.path(), "team.key");
+    let p = toy_project(&cache_section(&server.url, Some(&key), &[]));
+    // A file that stays over 4 MiB compressed, so its upload streams.
+    p.write(
+        "recipes/lib.rhai",
+        &shell_recipe(
+            "lib",
+            &[],
+            &[
+                "mkdir -p /out/usr/lib",
+                "echo lib > /out/usr/lib/data",
+                "head -c 300000 /dev/zero | tr '\\\\0' 'x' > /out/usr/lib/big",
+                "head -c 5000000 /dev/urandom > /out/usr/lib/noise",
+            ],
+        ),
+    );
+    let o = kiln_in(
+        p.root(),
+        p.store.path(),
+        &["--no-remote", "--json", "build", "test-board"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (lib_key, lib_output) = keys(&o)["lib"].clone();
+    let store = kiln_cache::Store::open(p.store.path()).expect("store");
+    let manifest = store
+        .get_manifest(&lib_output.parse().expect("digest"))
+        .expect("lib's manifest");
+    let blob_of = |path: &str| {
+        manifest
+            .entries
+            .iter()
+            .find_map(|e| match &e.kind {
+                kiln_cache::EntryKind::File { blake3, .. } if e.path == path => Some(*blake3),
+                _ => None,
+            })
+            .expect(path)
+    };
+    let damaged = [blob_of("usr/lib/big"), blob_of("usr/lib/noise")];
+    // One byte flipped in place in each.
+    for d in &damaged {
+        let path = store.blob_path(d);
+        let mut bytes = std::fs::read(&path).expect("lib's blob");
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x20;
+        std::fs::write(&path, &bytes).expect("damage");
+    }
+    assert!(
+        std::fs::metadata(store.blob_path(&damaged[1]))
+            .expect("noise")
+            .len()
+            > 4 << 20
+    );
+
+    let o = p.kiln(&["cache", "push", "test-board"]);
+    assert!(!o.status.success(), "{}", stdout(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("lib: not pushed") && err.contains("corrupt"),
+        "{err}"
+    );
+    assert!(err.contains("the next build rebuilds it"), "{err}");
+    assert!(err.contains("kiln build test-board"), "{err}");
+    let on_server = || -> Vec<String> {
+        walk(&server.data())
+            .iter()
+            .filter_map(|f| f.file_name()?.to_str().map(String::from))
+            .collect()
+    };
+    for d in &damaged {
+        assert!(
+            !on_server().contains(&d.to_hex()),
+            "a damaged blob was uploaded"
+        );
+        assert!(!store.has(d), "a damaged blob was kept");
+    }
+    assert!(!on_server().contains(&lib_key), "lib's entry was uploaded");
+
+    let o = build_in(p.root(), p.store.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(outcomes(&o)["lib"], "built", "{:?}", outcomes(&o));
+    let o = p.kiln(&["cache", "push", "test-board"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (lib_key, _) = keys(&build_in(p.root(), p.store.path()))["lib"].clone();
+    assert!(
+        on_server().contains(&lib_key),
+        "lib's entry is on the server"
+    );
+}
+
 const BOARD: &str = "qemu-x86_64-tiny";
 
 /// Team A (the shared test store, as warm as earlier tests left it) builds

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use crate::digest::Digest;
 use crate::error::{IoContext, StoreError};
 use crate::fsutil::{self, TempFile};
+use crate::stamp;
 use crate::store::Store;
 
 /// zstd level: level 3 is zstd's default; higher levels cost far more CPU
@@ -45,10 +46,11 @@ impl Store {
             return Ok(d);
         }
         let tmp = self.temp_file("blob-")?;
-        let mut enc =
-            zstd::Encoder::new(tmp.file(), ZSTD_LEVEL).ctx("compressing into", tmp.path())?;
+        let mut enc = zstd::Encoder::new(stamp::Hashing::new(tmp.file()), ZSTD_LEVEL)
+            .ctx("compressing into", tmp.path())?;
         enc.write_all(data).ctx("compressing into", tmp.path())?;
-        enc.finish().ctx("compressing into", tmp.path())?;
+        let (_, stored) = enc.finish().ctx("compressing into", tmp.path())?.finish();
+        stamp::set(tmp.file(), &stored);
         self.install_blob(tmp, &d)?;
         Ok(d)
     }
@@ -81,14 +83,15 @@ impl Store {
         // we named (the file may be modified under us).
         file.seek(SeekFrom::Start(0)).ctx("rewinding", path)?;
         let tmp = self.temp_file("blob-")?;
-        let mut enc =
-            zstd::Encoder::new(tmp.file(), ZSTD_LEVEL).ctx("compressing into", tmp.path())?;
+        let mut enc = zstd::Encoder::new(stamp::Hashing::new(tmp.file()), ZSTD_LEVEL)
+            .ctx("compressing into", tmp.path())?;
         let mut hasher = blake3::Hasher::new();
         let size2 = copy_chunks(&mut file, path, |chunk| {
             hasher.update(chunk);
             enc.write_all(chunk).ctx("compressing into", tmp.path())
         })?;
-        enc.finish().ctx("compressing into", tmp.path())?;
+        let (_, stored) = enc.finish().ctx("compressing into", tmp.path())?.finish();
+        stamp::set(tmp.file(), &stored);
         if size2 != size || Digest::from(hasher.finalize()) != d {
             return Err(StoreError::FileChanged {
                 path: path.to_path_buf(),
@@ -106,6 +109,72 @@ impl Store {
             Ok(())
         })?;
         Ok(out)
+    }
+
+    /// Gives `f` blob `d`'s stored (zstd) bytes, read whole, once they are
+    /// checked: they must be what the blob's stamp says was written (see
+    /// `stamp`), or else decode to exactly `size` bytes that hash to `d`.
+    /// For uploading small blobs, which are most of them: one read, into
+    /// buffers each thread reuses with its decoding context. A blob that
+    /// fails the check is removed, as by `get_bytes`.
+    pub fn with_compressed<R>(
+        &self,
+        d: &Digest,
+        size: u64,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R, StoreError> {
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::default();
+        }
+        SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+            Ok(mut scratch) => self.with_compressed_in(&mut scratch, d, size, f),
+            // Called from within `f`: this call gets its own buffers.
+            Err(_) => self.with_compressed_in(&mut Scratch::default(), d, size, f),
+        })
+    }
+
+    fn with_compressed_in<R>(
+        &self,
+        scratch: &mut Scratch,
+        d: &Digest,
+        size: u64,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R, StoreError> {
+        let path = self.blob_path(d);
+        let mut file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::MissingBlob { digest: *d })
+            }
+            Err(e) => return Err(e).ctx("opening blob", &path),
+        };
+        let Scratch {
+            dctx,
+            stored,
+            content,
+        } = scratch;
+        stored.clear();
+        file.read_to_end(stored).ctx("reading blob", &path)?;
+        if stamp::matches(&file, stored) {
+            return Ok(f(stored));
+        }
+        let checked = if size > IN_MEMORY_LIMIT {
+            // Too big to decode into one buffer: stream it (a second read).
+            match self.decode_verified(d, |_| Ok(()))? {
+                total if total == size => Ok(()),
+                total => Err(format!("content is {total} bytes, not {size}")),
+            }
+        } else {
+            check_whole(dctx, stored, content, d, size)
+        };
+        match checked {
+            Ok(()) => {
+                // Sound: the next check of this blob can be the cheap one.
+                stamp::set(&file, blake3::hash(stored).as_bytes());
+                Ok(f(stored))
+            }
+            Err(reason) => Err(self.corrupt(d, &path, &file, reason)),
+        }
     }
 
     /// Decompresses blob `d` to `dest`, atomically: the data goes to a temp
@@ -216,5 +285,68 @@ fn copy_chunks(
         };
         f(&buf[..n])?;
         total += n as u64;
+    }
+}
+
+/// Buffers and a decoding context for [`Store::with_compressed`].
+#[derive(Default)]
+struct Scratch {
+    dctx: Option<zstd::bulk::Decompressor<'static>>,
+    stored: Vec<u8>,
+    content: Vec<u8>,
+}
+
+/// Decodes `stored` whole into `content` and checks it is `size` bytes
+/// hashing to `d`.
+fn check_whole(
+    dctx: &mut Option<zstd::bulk::Decompressor<'static>>,
+    stored: &[u8],
+    content: &mut Vec<u8>,
+    d: &Digest,
+    size: u64,
+) -> Result<(), String> {
+    let dctx = match dctx {
+        Some(dctx) => dctx,
+        None => dctx.insert(
+            zstd::bulk::Decompressor::new().map_err(|e| format!("cannot start decoding: {e}"))?,
+        ),
+    };
+    content.clear();
+    content.reserve(size as usize);
+    dctx.decompress_to_buffer(stored, content)
+        .map_err(|e| format!("cannot decompress into {size} bytes: {e}"))?;
+    if content.len() as u64 != size {
+        return Err(format!("content is {} bytes, not {size}", content.len()));
+    }
+    let actual = Digest::from(blake3::hash(content));
+    if actual != *d {
+        return Err(format!("content hashes to {actual}"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stamp that is itself the damaged part costs a full check, which
+    /// passes and rewrites it; the blob is kept.
+    #[test]
+    fn a_wrong_stamp_is_checked_in_full_and_rewritten() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("store");
+        let data = vec![7u8; 10_000];
+        let d = store.put_bytes(&data).expect("put");
+        let path = store.blob_path(&d);
+        let stored = fs::read(&path).expect("read");
+        let file = File::open(&path).expect("open");
+        if stamp::get(&file).is_none() {
+            return; // No user xattrs here: every check is in full anyway.
+        }
+        stamp::set(&file, &[0u8; 32]);
+        assert!(!stamp::matches(&file, &stored));
+        let sent = store.with_compressed(&d, data.len() as u64, |b| b.to_vec());
+        assert_eq!(sent.expect("checked in full"), stored);
+        assert!(stamp::matches(&file, &stored));
     }
 }

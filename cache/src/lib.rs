@@ -35,6 +35,7 @@ mod manifest;
 mod materialize;
 pub mod remote;
 mod roots;
+mod stamp;
 mod store;
 mod transfer;
 

@@ -4,7 +4,8 @@
 //! which can hold any bytes under a blob's name) and the raw content (REAPI,
 //! whose servers check that a blob hashes to its digest). Either way a
 //! blob coming in is verified (blake3 and size of the content) *before* it
-//! is renamed into the CAS, and a blob going out is verified as it is read,
+//! is renamed into the CAS, and a blob going out is checked before its last
+//! byte is handed out (against its stamp, see `stamp`, or by decoding it),
 //! so a damaged local blob aborts its upload instead of poisoning the
 //! remote.
 
@@ -14,9 +15,15 @@ use std::io::{self, BufWriter, Read, Write};
 use crate::digest::Digest;
 use crate::error::{IoContext, StoreError};
 use crate::fsutil::{self, TempFile};
+use crate::stamp;
 use crate::store::Store;
 
 const BUF_SIZE: usize = 256 << 10;
+/// Blobs stored in up to this many bytes are uploaded from memory, read
+/// and checked whole (`Store::with_compressed`), then sent in one go: most
+/// blobs are small, and streaming costs more per blob. Bigger ones stream
+/// through an [`Export`].
+pub(crate) const SEND_WHOLE: u64 = 4 << 20;
 /// The store's zstd level (see `cas`); raw imports compress with it too.
 const ZSTD_LEVEL: i32 = 3;
 
@@ -127,8 +134,10 @@ impl Store {
         let mut out = BufWriter::with_capacity(BUF_SIZE, tmp.file());
         let mut check = zstd::stream::write::Decoder::new(HashSink::new())
             .map_err(|e| ImportError::Mismatch(format!("cannot start decoding: {e}")))?;
+        let mut stored = blake3::Hasher::new();
         let wire = pump(src, size, |chunk| {
             out.write_all(chunk).ctx("writing", tmp.path())?;
+            stored.update(chunk);
             check
                 .write_all(chunk)
                 .map_err(|e| ImportError::Mismatch(format!("not zstd data: {e}")))?;
@@ -143,6 +152,7 @@ impl Store {
             .map_err(ImportError::Mismatch)?;
         out.flush().ctx("writing", tmp.path())?;
         drop(out);
+        stamp::set(tmp.file(), stored.finalize().as_bytes());
         Ok((Staged { tmp, digest: *d }, wire))
     }
 
@@ -155,9 +165,8 @@ impl Store {
         src: &mut dyn Read,
     ) -> Result<(Staged, u64), ImportError> {
         let tmp = self.temp_file("import-")?;
-        let mut enc =
-            zstd::Encoder::new(BufWriter::with_capacity(BUF_SIZE, tmp.file()), ZSTD_LEVEL)
-                .ctx("compressing into", tmp.path())?;
+        let out = stamp::Hashing::new(BufWriter::with_capacity(BUF_SIZE, tmp.file()));
+        let mut enc = zstd::Encoder::new(out, ZSTD_LEVEL).ctx("compressing into", tmp.path())?;
         let mut sink = HashSink::new();
         pump(src, size, |chunk| {
             let _ = sink.write(chunk);
@@ -165,9 +174,10 @@ impl Store {
             Ok(sink.len)
         })?;
         sink.check(d, size).map_err(ImportError::Mismatch)?;
-        let mut out = enc.finish().ctx("compressing into", tmp.path())?;
+        let (mut out, stored) = enc.finish().ctx("compressing into", tmp.path())?.finish();
         out.flush().ctx("writing", tmp.path())?;
         drop(out);
+        stamp::set(tmp.file(), &stored);
         Ok((Staged { tmp, digest: *d }, sink.len))
     }
 
@@ -216,26 +226,39 @@ impl Store {
     /// at the end if the content does not hash to `d`.
     pub fn export_compressed(&self, d: &Digest) -> Result<Export, StoreError> {
         let file = self.open_blob(d)?;
+        let remaining = file
+            .metadata()
+            .ctx("inspecting blob", &self.blob_path(d))?
+            .len();
         let check = zstd::stream::write::Decoder::new(HashSink::new())
             .ctx("decoding blob", &self.blob_path(d))?;
-        Ok(Export {
-            digest: *d,
-            inner: ExportInner::Compressed { file, check },
-        })
+        Ok(Export::new(
+            self.blob_path(d),
+            *d,
+            identity(&file),
+            ExportInner::Compressed {
+                file,
+                check,
+                remaining,
+            },
+        ))
     }
 
     /// A reader over blob `d`'s content that fails (with `InvalidData`) at
     /// the end if it does not hash to `d`.
     pub fn export_raw(&self, d: &Digest) -> Result<Export, StoreError> {
         let file = self.open_blob(d)?;
+        let opened = identity(&file);
         let dec = zstd::Decoder::new(file).ctx("decoding blob", &self.blob_path(d))?;
-        Ok(Export {
-            digest: *d,
-            inner: ExportInner::Raw {
+        Ok(Export::new(
+            self.blob_path(d),
+            *d,
+            opened,
+            ExportInner::Raw {
                 dec,
                 sink: HashSink::new(),
             },
-        })
+        ))
     }
 
     fn open_blob(&self, d: &Digest) -> Result<File, StoreError> {
@@ -250,9 +273,22 @@ impl Store {
     }
 }
 
-/// A blob on its way out; see [`Store::export_compressed`].
+/// A file's device and inode.
+fn identity(file: &File) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    file.metadata().ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// A blob on its way out; see [`Store::export_compressed`]. A blob found
+/// damaged is removed from the store (as any read does), so that the next
+/// build writes it again.
 pub struct Export {
     digest: Digest,
+    path: std::path::PathBuf,
+    /// The opened file's identity: only that file is removed, not one a
+    /// concurrent writer has meanwhile renamed into place.
+    opened: Option<(u64, u64)>,
+    damage: Option<String>,
     inner: ExportInner,
 }
 
@@ -260,6 +296,10 @@ enum ExportInner {
     Compressed {
         file: File,
         check: zstd::stream::write::Decoder<'static, HashSink>,
+        /// Bytes not yet read. The check runs before the last of them are
+        /// handed out: a transport that stops reading once it has sent a
+        /// Content-Length's worth never sends a damaged blob whole.
+        remaining: u64,
     },
     Raw {
         dec: zstd::Decoder<'static, io::BufReader<File>>,
@@ -268,17 +308,48 @@ enum ExportInner {
 }
 
 impl Export {
-    fn corrupt(&self, why: String) -> io::Error {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!(
-                "local blob {} is corrupt ({why}); not uploaded",
-                self.digest
-            ),
-        )
+    fn new(
+        path: std::path::PathBuf,
+        digest: Digest,
+        opened: Option<(u64, u64)>,
+        inner: ExportInner,
+    ) -> Export {
+        Export {
+            digest,
+            path,
+            opened,
+            damage: None,
+            inner,
+        }
     }
 
-    fn verify(&self, sink: &HashSink) -> io::Result<()> {
+    /// Why the blob was found damaged, if it was: a transport that saw its
+    /// body fail can tell this (the blob's fault) from a network error.
+    pub fn damage(&self) -> Option<&str> {
+        self.damage.as_deref()
+    }
+
+    fn corrupt(&mut self, why: String) -> io::Error {
+        use std::os::unix::fs::MetadataExt;
+        let same = std::fs::symlink_metadata(&self.path)
+            .is_ok_and(|m| Some((m.dev(), m.ino())) == self.opened);
+        if same {
+            let _ = std::fs::remove_file(&self.path);
+        }
+        let msg = format!(
+            "local blob {} is corrupt ({why}); removed {}; not uploaded",
+            self.digest,
+            self.path.display()
+        );
+        self.damage = Some(msg.clone());
+        io::Error::new(io::ErrorKind::InvalidData, msg)
+    }
+
+    fn verify(&mut self) -> io::Result<()> {
+        let sink = match &self.inner {
+            ExportInner::Compressed { check, .. } => check.get_ref(),
+            ExportInner::Raw { sink, .. } => sink,
+        };
         let actual = Digest::from(sink.hasher.finalize());
         if actual != self.digest {
             return Err(self.corrupt(format!("content hashes to {actual}")));
@@ -289,32 +360,59 @@ impl Export {
 
 impl Read for Export {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = match &mut self.inner {
-            ExportInner::Compressed { file, check } => {
-                let n = file.read(buf)?;
-                if n > 0 {
-                    check.write_all(&buf[..n]).map_err(|e| {
-                        io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            format!("local blob {} is corrupt ({e}); not uploaded", self.digest),
-                        )
-                    })?;
+        if let Some(msg) = &self.damage {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, msg.clone()));
+        }
+        // The bytes read, and whether the check is due.
+        let (n, last) = match &mut self.inner {
+            ExportInner::Compressed {
+                file,
+                check,
+                remaining,
+            } => {
+                let want = buf
+                    .len()
+                    .min(usize::try_from(*remaining).unwrap_or(usize::MAX));
+                let n = if want == 0 {
+                    0
                 } else {
-                    check.flush()?;
+                    file.read(&mut buf[..want])?
+                };
+                let decoded = if want > 0 && n == 0 {
+                    Err(format!("{remaining} bytes short"))
+                } else {
+                    *remaining -= n as u64;
+                    check
+                        .write_all(&buf[..n])
+                        .and_then(|()| {
+                            if *remaining == 0 {
+                                check.flush()
+                            } else {
+                                Ok(())
+                            }
+                        })
+                        .map_err(|e| e.to_string())
+                };
+                match decoded {
+                    // The last bytes go out only if the whole checks out.
+                    Ok(()) => (n, *remaining == 0),
+                    Err(why) => return Err(self.corrupt(why)),
                 }
-                n
             }
-            ExportInner::Raw { dec, sink } => {
-                let n = dec.read(buf)?;
-                let _ = sink.write(&buf[..n]);
-                n
-            }
+            ExportInner::Raw { dec, sink } => match dec.read(buf) {
+                Ok(n) => {
+                    let _ = sink.write(&buf[..n]);
+                    (n, n == 0)
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(e),
+                Err(e) => {
+                    let why = e.to_string();
+                    return Err(self.corrupt(why));
+                }
+            },
         };
-        if n == 0 {
-            match &self.inner {
-                ExportInner::Compressed { check, .. } => self.verify(check.get_ref())?,
-                ExportInner::Raw { sink, .. } => self.verify(sink)?,
-            }
+        if last {
+            self.verify()?;
         }
         Ok(n)
     }

@@ -86,6 +86,50 @@ fn flipped_byte_is_corrupt_and_removed() {
     assert_eq!(store.get_bytes(&d).unwrap(), data);
 }
 
+/// What leaves the store for a remote (`with_compressed`) is checked: a
+/// byte flipped in place (the blob keeps its stamp, which no longer
+/// matches), valid zstd of other content, a content of the wrong size (a
+/// rewritten file, without a stamp). Each is refused and removed.
+#[test]
+fn blobs_leave_the_store_only_checked() {
+    let (_t, store) = store();
+    let data = noise(11, 80_000);
+    let size = data.len() as u64;
+    let d = store.put_bytes(&data).unwrap();
+    let path = store.blob_path(&d);
+    let stored = fs::read(&path).unwrap();
+    for _ in 0..2 {
+        let sent = store.with_compressed(&d, size, |b| b.to_vec()).unwrap();
+        assert_eq!(sent, stored);
+    }
+    let refused = |size: u64, what: &str| {
+        match store.with_compressed(&d, size, |b| b.len()) {
+            Err(StoreError::Corrupt { digest, .. }) => assert_eq!(digest, d, "{what}"),
+            other => panic!("{what}: expected Corrupt, got {other:?}"),
+        }
+        assert!(!path.exists(), "{what}: the corrupt blob must be removed");
+        store.put_bytes(&data).unwrap();
+    };
+    let mut flipped = stored.clone();
+    flipped[stored.len() / 2] ^= 0x01;
+    fs::write(&path, &flipped).unwrap();
+    refused(size, "a flipped byte");
+    fs::remove_file(&path).unwrap();
+    fs::write(&path, zstd::encode_all(&noise(12, 80_000)[..], 3).unwrap()).unwrap();
+    refused(size, "other content");
+    fs::remove_file(&path).unwrap();
+    fs::write(&path, &stored).unwrap();
+    refused(size + 1, "a wrong size");
+    assert_eq!(
+        store.with_compressed(&d, size, |b| b.to_vec()).unwrap(),
+        stored
+    );
+    assert!(matches!(
+        store.with_compressed(&Digest::of(b"absent"), 6, |b| b.len()),
+        Err(StoreError::MissingBlob { .. })
+    ));
+}
+
 #[test]
 fn valid_zstd_of_wrong_content_is_corrupt() {
     let (_t, store) = store();

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::digest::Digest;
 use crate::store::Store;
-use crate::transfer::Staged;
+use crate::transfer::{Staged, SEND_WHOLE};
 
 use super::backend::{Backend, BackendError, TransferError};
 use super::entry::BlobRef;
@@ -126,16 +126,22 @@ impl Backend for Dir {
     }
 
     fn upload(&self, blob: &BlobRef, store: &Store) -> Result<u64, TransferError> {
-        let mut export = store.export_compressed(&blob.blake3)?;
         let dest = self.path("cas", &blob.blake3);
-        self.write_atomic(&dest, |f| io::copy(&mut export, f))
-            .map_err(|e| match e.kind() {
-                // The export found the local blob damaged: not the cache's fault.
-                io::ErrorKind::InvalidData => TransferError::Refused {
-                    digest: blob.blake3,
-                    reason: e.to_string(),
-                },
-                _ => self.err("writing", &dest, e).into(),
-            })
+        let written = if store.stored_size(&blob.blake3)? <= SEND_WHOLE {
+            store.with_compressed(&blob.blake3, blob.size, |body| {
+                self.write_atomic(&dest, |f| f.write_all(body).map(|()| body.len() as u64))
+            })?
+        } else {
+            let mut export = store.export_compressed(&blob.blake3)?;
+            self.write_atomic(&dest, |f| io::copy(&mut export, f))
+        };
+        written.map_err(|e| match e.kind() {
+            // The export found the local blob damaged: not the cache's fault.
+            io::ErrorKind::InvalidData => TransferError::Refused {
+                digest: blob.blake3,
+                reason: e.to_string(),
+            },
+            _ => self.err("writing", &dest, e).into(),
+        })
     }
 }

@@ -6,33 +6,46 @@
 //! only to check them). Any server that stores PUT bodies and serves them
 //! back works: nginx's dav module, Apache mod_dav, bazel-remote.
 
+use std::collections::HashMap;
 use std::io::Read;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-use ureq::http::StatusCode;
+use ureq::config::Config;
+use ureq::http::{StatusCode, Uri};
+use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
+use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
 use crate::digest::Digest;
 use crate::store::Store;
-use crate::transfer::Staged;
+use crate::transfer::{Staged, SEND_WHOLE};
 
 use super::backend::{Backend, BackendError, TransferError};
 use super::entry::BlobRef;
+use super::pipeline::{Pipeline, PipelineError};
 
+const USER_AGENT: &str = concat!("kiln/", env!("CARGO_PKG_VERSION"));
 /// An entry document is small; anything bigger is not one.
 const MAX_ENTRY: u64 = 64 << 20;
-/// Blobs (as stored) up to this size are uploaded from memory.
-const SMALL_UPLOAD: u64 = 4 << 20;
 
 pub struct Http {
     base: String,
+    /// The URL's path, for pipelined requests.
+    base_path: String,
     agent: ureq::Agent,
+    /// For asking about many blobs at once (plain http only); taken away
+    /// for good if the server does not pipeline.
+    pipeline: Option<Pipeline>,
+    pipelining: AtomicBool,
+    transfers: usize,
 }
 
 impl Http {
-    pub fn new(base: &str, timeout: Duration) -> Http {
-        let agent = ureq::Agent::config_builder()
+    pub fn new(base: &str, timeout: Duration, transfers: usize) -> Http {
+        let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
+            .user_agent(USER_AGENT)
             .accept_encoding("identity")
             .timeout_resolve(Some(timeout))
             .timeout_connect(Some(timeout))
@@ -44,16 +57,84 @@ impl Http {
             // host by default, and reconnecting per blob halves throughput).
             .max_idle_connections(64)
             .max_idle_connections_per_host(64)
-            .build()
-            .into();
+            .build();
+        let agent = ureq::Agent::with_parts(
+            config,
+            DefaultConnector::default(),
+            CachingResolver::default(),
+        );
+        let base = base.trim_end_matches('/').to_string();
+        let pipeline = Pipeline::for_base(&base, timeout, USER_AGENT);
+        let base_path = base
+            .parse::<Uri>()
+            .ok()
+            .map(|u| u.path().trim_end_matches('/').to_string())
+            .unwrap_or_default();
         Http {
-            base: base.trim_end_matches('/').to_string(),
+            pipelining: AtomicBool::new(pipeline.is_some()),
+            base,
+            base_path,
             agent,
+            pipeline,
+            transfers: transfers.max(1),
         }
     }
 
     fn url(&self, kind: &str, d: &Digest) -> String {
         format!("{}/{kind}/{}", self.base, d.to_hex())
+    }
+}
+
+impl Http {
+    /// Whether the server lacks `blob`, by one HEAD.
+    fn head(&self, blob: &BlobRef) -> Result<bool, BackendError> {
+        let url = self.url("cas", &blob.blake3);
+        let resp = self.agent.head(&url).call().map_err(|e| failure(&url, e))?;
+        match resp.status() {
+            StatusCode::NOT_FOUND => Ok(true),
+            s if s.is_success() => Ok(false),
+            s => Err(bad_status("HEAD", &url, s)),
+        }
+    }
+}
+
+/// How long a resolved address is reused.
+const RESOLVED_TTL: Duration = Duration::from_secs(60);
+
+/// ureq resolves the host before every request, pooled connection or not,
+/// and with a resolve timeout it does so on a new thread: two threads per
+/// blob (HEAD, PUT), which cost more than the transfers of small blobs.
+/// This keeps each answer for a minute.
+#[derive(Debug, Default)]
+struct CachingResolver {
+    inner: DefaultResolver,
+    known: Mutex<HashMap<String, (Instant, ResolvedSocketAddrs)>>,
+}
+
+impl Resolver for CachingResolver {
+    fn resolve(
+        &self,
+        uri: &Uri,
+        config: &Config,
+        timeout: NextTimeout,
+    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+        let host = uri.authority().map(|a| a.as_str().to_string());
+        let scheme = uri.scheme_str().unwrap_or_default();
+        let Some(name) = host.map(|h| format!("{scheme}://{h}")) else {
+            return self.inner.resolve(uri, config, timeout);
+        };
+        if let Ok(known) = self.known.lock() {
+            if let Some((at, addrs)) = known.get(&name) {
+                if at.elapsed() < RESOLVED_TTL {
+                    return Ok(addrs.clone());
+                }
+            }
+        }
+        let addrs = self.inner.resolve(uri, config, timeout)?;
+        if let Ok(mut known) = self.known.lock() {
+            known.insert(name, (Instant::now(), addrs.clone()));
+        }
+        Ok(addrs)
     }
 }
 
@@ -118,17 +199,47 @@ impl Backend for Http {
         }
     }
 
-    /// One HEAD per blob: the caller asks right before each upload, from
-    /// its transfer pool (see `Backend::batch_missing`).
+    /// Pipelined HEADs can ask about a whole closure at once; otherwise
+    /// each blob is asked about right before its upload.
+    fn batch_missing(&self) -> bool {
+        self.pipelining.load(Ordering::Relaxed)
+    }
+
     fn missing(&self, blobs: &[BlobRef]) -> Result<Vec<BlobRef>, BackendError> {
+        if let Some(pipeline) = self.pipeline.as_ref().filter(|_| self.batch_missing()) {
+            let paths: Vec<String> = blobs
+                .iter()
+                .map(|b| format!("{}/cas/{}", self.base_path, b.blake3.to_hex()))
+                .collect();
+            match pipeline.head_all(&paths, self.transfers) {
+                Ok(statuses) => {
+                    let mut missing = Vec::new();
+                    for ((b, path), status) in blobs.iter().zip(&paths).zip(statuses) {
+                        match StatusCode::from_u16(status) {
+                            Ok(StatusCode::NOT_FOUND) => missing.push(b.clone()),
+                            Ok(s) if s.is_success() => {}
+                            Ok(s) => return Err(bad_status("HEAD", path, s)),
+                            Err(_) => {
+                                return Err(BackendError::Protocol(format!(
+                                    "HEAD {path}: status {status}"
+                                )))
+                            }
+                        }
+                    }
+                    return Ok(missing);
+                }
+                Err(PipelineError::Unavailable(e)) => return Err(BackendError::Unavailable(e)),
+                // Ask blob by blob from now on.
+                Err(PipelineError::Unsupported(_)) => {
+                    self.pipelining.store(false, Ordering::Relaxed);
+                }
+            }
+        }
+        let asked = super::parallel(blobs, self.transfers, |b| self.head(b));
         let mut missing = Vec::new();
-        for b in blobs {
-            let url = self.url("cas", &b.blake3);
-            let resp = self.agent.head(&url).call().map_err(|e| failure(&url, e))?;
-            match resp.status() {
-                StatusCode::NOT_FOUND => missing.push(b.clone()),
-                s if s.is_success() => {}
-                s => return Err(bad_status("HEAD", &url, s)),
+        for (b, r) in blobs.iter().zip(asked) {
+            if r? {
+                missing.push(b.clone());
             }
         }
         Ok(missing)
@@ -156,25 +267,28 @@ impl Backend for Http {
     fn upload(&self, blob: &BlobRef, store: &Store) -> Result<u64, TransferError> {
         let url = self.url("cas", &blob.blake3);
         let len = store.stored_size(&blob.blake3)?;
-        let mut export = store.export_compressed(&blob.blake3)?;
         let request = self.agent.put(&url);
-        let sent = if len <= SMALL_UPLOAD {
-            // Read (and so verify) it whole, then send it in one go: most
-            // blobs are small, and a streamed body costs more per blob.
-            let mut body = Vec::with_capacity(len as usize);
-            export
-                .read_to_end(&mut body)
-                .map_err(|e| TransferError::Refused {
-                    digest: blob.blake3,
-                    reason: e.to_string(),
-                })?;
-            request.send(&body[..])
+        let resp = if len <= SEND_WHOLE {
+            store
+                .with_compressed(&blob.blake3, blob.size, |body| request.send(body))?
+                .map_err(|e| failure(&url, e))?
         } else {
-            request
+            let mut export = store.export_compressed(&blob.blake3)?;
+            let sent = request
                 .header("content-length", len.to_string())
-                .send(ureq::SendBody::from_reader(&mut export))
+                .send(ureq::SendBody::from_reader(&mut export));
+            match (sent, export.damage()) {
+                // The body failed because the blob is damaged, not the
+                // network (the server got a short body, and stored nothing).
+                (Err(_), Some(why)) => {
+                    return Err(TransferError::Refused {
+                        digest: blob.blake3,
+                        reason: why.to_string(),
+                    })
+                }
+                (sent, _) => sent.map_err(|e| failure(&url, e))?,
+            }
         };
-        let resp = sent.map_err(|e| failure(&url, e))?;
         match resp.status() {
             s if s.is_success() => {
                 drain(resp);

@@ -13,6 +13,7 @@ mod backend;
 mod dir;
 mod entry;
 mod http;
+mod pipeline;
 mod reapi;
 mod stats;
 
@@ -143,7 +144,7 @@ pub struct Remote {
 impl Remote {
     pub fn new(config: Config) -> Result<Remote, String> {
         let backend: Box<dyn Backend> = match &config.location {
-            Location::Http(url) => Box::new(http::Http::new(url, config.timeout)),
+            Location::Http(url) => Box::new(http::Http::new(url, config.timeout, config.transfers)),
             Location::Dir(path) => Box::new(dir::Dir::new(path)),
             Location::Reapi { endpoint, instance } => {
                 reapi::Reapi::connect(endpoint, instance, config.timeout)?
@@ -260,6 +261,7 @@ impl Remote {
             .collect();
         needed.sort();
         needed.dedup_by_key(|b| b.blake3);
+        needed.sort_by_key(|b| std::cmp::Reverse(b.size));
         let started = Instant::now();
         let results = parallel(&needed, self.transfers, |b| self.backend.download(b, store));
         let mut moved: BTreeMap<Digest, u64> = BTreeMap::new();
@@ -391,6 +393,9 @@ impl Remote {
         let mut wanted: Vec<BlobRef> = entries.iter().flat_map(|e| e.blobs.clone()).collect();
         wanted.sort();
         wanted.dedup_by_key(|b| b.blake3);
+        // Biggest first (here and in `complete`): a big blob picked up last
+        // would finish alone.
+        wanted.sort_by_key(|b| std::cmp::Reverse(b.size));
         let suspect: BTreeSet<Digest> = self.suspect.lock().map(|s| s.clone()).unwrap_or_default();
         // Per wanted blob: Some(bytes) uploaded, None already there.
         let outcomes: Vec<Result<Option<u64>, TransferError>> = if self.backend.batch_missing() {
@@ -421,6 +426,8 @@ impl Remote {
         };
         let mut sent: BTreeMap<Digest, u64> = BTreeMap::new();
         let mut failed: BTreeMap<Digest, String> = BTreeMap::new();
+        // Blobs found damaged or gone here (and removed by the store).
+        let mut damaged: BTreeSet<Digest> = BTreeSet::new();
         let mut missing_set: BTreeSet<Digest> = BTreeSet::new();
         for (b, r) in wanted.iter().zip(outcomes) {
             match r {
@@ -431,6 +438,15 @@ impl Remote {
                 }
                 Err(TransferError::Backend(e)) => return down(&e),
                 Err(e) => {
+                    if matches!(
+                        e,
+                        TransferError::Refused { .. }
+                            | TransferError::Store(
+                                StoreError::Corrupt { .. } | StoreError::MissingBlob { .. }
+                            )
+                    ) {
+                        damaged.insert(b.blake3);
+                    }
                     failed.insert(b.blake3, e.to_string());
                     missing_set.insert(b.blake3);
                 }
@@ -469,6 +485,16 @@ impl Remote {
             .zip(&present)
             .map(|((e, put), &present)| {
                 if let Some(why) = e.blobs.iter().find_map(|b| failed.get(&b.blake3)) {
+                    if e.blobs.iter().any(|b| damaged.contains(&b.blake3)) {
+                        // Its output is no longer whole here: the next
+                        // build must make it again, not trust the entry.
+                        return match store.ac_remove(&e.key) {
+                            Ok(()) => Push::Failed(format!(
+                                "{why}; its local cache entry is dropped, so the next build rebuilds it"
+                            )),
+                            Err(err) => Push::Failed(format!("{why}; {err}")),
+                        };
+                    }
                     return Push::Failed(why.clone());
                 }
                 match put {

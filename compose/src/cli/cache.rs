@@ -339,6 +339,7 @@ fn push(s: &Session, board: Option<&str>) -> Result<(), Failure> {
             nodes.iter().map(|n| (n.key, local[&n.key])).collect();
         let (mut sent, mut bytes) = (0, 0);
         let mut errors = Vec::new();
+        let mut damaged = Vec::new();
         for (node, push) in nodes.iter().zip(remote.push_many(store, &items)) {
             match push {
                 Push::Uploaded { blobs, bytes: n } => {
@@ -357,8 +358,15 @@ fn push(s: &Session, board: Option<&str>) -> Result<(), Failure> {
                     "the remote cache {} is unavailable: {why}",
                     remote.describe()
                 )),
+                Push::Failed(why) => damaged.push(format!("{}: not pushed: {why}", node.name)),
                 other => errors.push(format!("{}: {other:?}", node.name)),
             }
+        }
+        if !damaged.is_empty() {
+            return Err(Failure::build(format!(
+                "error: {}\n  = help: run `kiln build {board}`, which rebuilds what is missing or damaged, then `kiln cache push {board}` again",
+                damaged.join("\n")
+            )));
         }
         if remote.is_down() || !errors.is_empty() {
             return Err(Failure::build(format!(
