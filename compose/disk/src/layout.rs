@@ -258,28 +258,29 @@ impl LayoutSpec {
                 ebr,
             })
         };
-        let layout = match self.table {
-            TableKind::Mbr => {
-                let boot_type = match boot_kind {
+        let (boot_type, linux) = match (self.table, boot_kind) {
+            (TableKind::Mbr, kind) => (
+                PartitionType::Mbr(match kind {
                     FatKind::Fat16 => MBR_FAT16_LBA,
                     FatKind::Fat32 => MBR_FAT32_LBA,
-                };
-                let linux = PartitionType::Mbr(MBR_LINUX);
-                let s = take(boot, 0)?;
-                part(
-                    Role::Boot,
-                    1,
-                    s,
-                    boot,
-                    PartitionType::Mbr(boot_type),
-                    true,
-                    None,
-                );
-                let s = take(root, 0)?;
-                part(Role::RootA, 2, s, root, linux, false, None);
-                let s = take(root, 0)?;
-                part(Role::RootB, 3, s, root, linux, false, None);
-                let ext_start = s + root;
+                }),
+                PartitionType::Mbr(MBR_LINUX),
+            ),
+            (TableKind::Gpt, _) => (
+                PartitionType::Gpt(GPT_BOOT_TYPE),
+                PartitionType::Gpt(Guid::LINUX_FS),
+            ),
+        };
+        // Both tables start alike: boot, then the two roots.
+        let s = take(boot, 0)?;
+        part(Role::Boot, 1, s, boot, boot_type, true, None);
+        let s = take(root, 0)?;
+        part(Role::RootA, 2, s, root, linux, false, None);
+        let s = take(root, 0)?;
+        part(Role::RootB, 3, s, root, linux, false, None);
+        let roots_end = s + root;
+        let layout = match self.table {
+            TableKind::Mbr => {
                 // Each logical partition starts one alignment unit after
                 // its EBR, which is that unit's first sector.
                 let s = take(state, align)?;
@@ -298,27 +299,12 @@ impl LayoutSpec {
                     disk_sectors,
                     partitions: parts,
                     extended: Some(Extended {
-                        start: ext_start,
-                        sectors: ext_end.saturating_sub(ext_start),
+                        start: roots_end,
+                        sectors: ext_end.saturating_sub(roots_end),
                     }),
                 }
             }
             TableKind::Gpt => {
-                let linux = PartitionType::Gpt(Guid::LINUX_FS);
-                let s = take(boot, 0)?;
-                part(
-                    Role::Boot,
-                    1,
-                    s,
-                    boot,
-                    PartitionType::Gpt(GPT_BOOT_TYPE),
-                    true,
-                    None,
-                );
-                let s = take(root, 0)?;
-                part(Role::RootA, 2, s, root, linux, false, None);
-                let s = take(root, 0)?;
-                part(Role::RootB, 3, s, root, linux, false, None);
                 let s = take(state, 0)?;
                 part(Role::State, 4, s, state, linux, false, None);
                 let s = take(data, 0)?;
