@@ -34,10 +34,10 @@ impl Server {
     }
 
     fn stop(&self) {
-        let stop = if self.kind == "start" {
-            "stop"
-        } else {
-            "reapi-stop"
+        let stop = match self.kind {
+            "start" => "stop",
+            "reapi-start" => "reapi-stop",
+            _ => "s3-stop",
         };
         let _ = Command::new(repo().join("scripts/cache-server"))
             .args([stop, &self.dir.path().display().to_string()])
@@ -727,10 +727,10 @@ const BOARD: &str = "qemu-x86_64-tiny";
 /// Team A (the shared test store, as warm as earlier tests left it) builds
 /// the small board and pushes it; team B, with an empty store, in another
 /// checkout, builds it with every node a remote hit and gets the same
-/// image, byte for byte. Once over WebDAV (nginx), once over REAPI
-/// (BuildGrid).
+/// image, byte for byte. Over WebDAV (nginx), REAPI (BuildGrid) and S3
+/// (moto, with credentials from the environment as AWS tools take them).
 #[test]
-fn two_teams_share_the_small_board_over_webdav_and_reapi() {
+fn two_teams_share_the_small_board_over_webdav_reapi_and_s3() {
     let keys_dir = tempdir("kiln-keys-");
     let (a_key, a_pub) = keygen(keys_dir.path(), "team-a.key");
     let a_dir = tempdir("kiln-team-a-");
@@ -748,9 +748,16 @@ fn two_teams_share_the_small_board_over_webdav_and_reapi() {
     let a_sha = sha256(&a_img);
     let a_zst = sha256(&a_dir.path().join(format!("out/{BOARD}.img.zst")));
 
-    for kind in ["start", "reapi-start"] {
+    // Any credentials do for moto; they must be there to be used.
+    let aws = [
+        ("AWS_ACCESS_KEY_ID", "kiln-test"),
+        ("AWS_SECRET_ACCESS_KEY", "kiln-test-secret"),
+    ];
+    for kind in ["start", "reapi-start", "s3-start"] {
         let server = Server::start(kind);
         let url = server.url.clone();
+        let kiln_in =
+            |project: &Path, store: &Path, args: &[&str]| kiln_in_env(project, store, args, &aws);
         let push = kiln_in(
             a_dir.path(),
             &a_store,

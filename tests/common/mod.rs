@@ -78,6 +78,11 @@ impl TestProject {
 }
 
 pub fn kiln_in(project: &Path, store: &Path, args: &[&str]) -> Output {
+    kiln_in_env(project, store, args, &[])
+}
+
+/// `kiln_in` with extra environment variables.
+pub fn kiln_in_env(project: &Path, store: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_kiln"))
         .arg("--project")
         .arg(project)
@@ -86,6 +91,7 @@ pub fn kiln_in(project: &Path, store: &Path, args: &[&str]) -> Output {
         .args(args)
         .env_remove("KILN_BOARD")
         .env("CI", "1")
+        .envs(env.iter().copied())
         .output()
         .expect("run kiln")
 }

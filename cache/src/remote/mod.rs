@@ -15,6 +15,7 @@ mod entry;
 mod http;
 mod pipeline;
 mod reapi;
+mod s3;
 mod stats;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -31,6 +32,7 @@ use crate::StoreError;
 
 pub use backend::{Addressing, Backend, BackendError, TransferError};
 pub use entry::{BlobRef, Entry, PublicKey, SecretKey, SignedEntry, SCHEMA};
+pub use s3::S3Location;
 pub use stats::{Snapshot, Stats};
 
 /// Where a remote cache is, parsed from `--cache URL` or kiln.toml.
@@ -43,6 +45,8 @@ pub enum Location {
     Reapi { endpoint: String, instance: String },
     /// `file:///path` or an absolute path: a shared directory.
     Dir(PathBuf),
+    /// `s3://bucket[/prefix][?endpoint=URL&region=REGION]`.
+    S3(s3::S3Location),
 }
 
 impl Location {
@@ -66,12 +70,15 @@ impl Location {
                 instance: instance.trim_end_matches('/').to_string(),
             });
         }
+        if let Some(rest) = url.strip_prefix("s3://") {
+            return s3::S3Location::parse(url, rest).map(Location::S3);
+        }
         let path = url.strip_prefix("file://").unwrap_or(url);
         if path.starts_with('/') {
             return Ok(Location::Dir(PathBuf::from(path)));
         }
         Err(format!(
-            "cache URL {url:?}: expected http(s)://HOST/PATH (WebDAV), grpc://HOST:PORT[/INSTANCE] (REAPI), or file:///DIR"
+            "cache URL {url:?}: expected http(s)://HOST/PATH (WebDAV), grpc://HOST:PORT[/INSTANCE] (REAPI), s3://BUCKET[/PREFIX][?endpoint=URL] (S3) or file:///DIR"
         ))
     }
 }
@@ -146,6 +153,7 @@ impl Remote {
         let backend: Box<dyn Backend> = match &config.location {
             Location::Http(url) => Box::new(http::Http::new(url, config.timeout, config.transfers)),
             Location::Dir(path) => Box::new(dir::Dir::new(path)),
+            Location::S3(loc) => Box::new(s3::S3::new(loc, config.timeout)?),
             Location::Reapi { endpoint, instance } => {
                 reapi::Reapi::connect(endpoint, instance, config.timeout)?
             }

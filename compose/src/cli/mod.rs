@@ -45,7 +45,8 @@ struct Cli {
     #[arg(long, global = true)]
     json: bool,
     /// A shared cache: http(s)://HOST/PATH (WebDAV), grpc://HOST:PORT[/INSTANCE]
-    /// (REAPI) or file:///DIR. Read-through, write-back. Default: kiln.toml's [cache] url.
+    /// (REAPI), s3://BUCKET[/PREFIX][?endpoint=URL&region=R] (S3) or file:///DIR.
+    /// Read-through, write-back. Default: kiln.toml's [cache] url.
     #[arg(long = "cache", global = true, env = "KILN_CACHE", value_name = "URL")]
     cache_url: Option<String>,
     /// Use the shared cache but never upload to it.
