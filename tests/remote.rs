@@ -625,6 +625,51 @@ fn a_dead_or_silent_server_never_fails_or_hangs_a_build() {
     drop(hold);
 }
 
+/// An S3 cache that is down, or that can't be signed for, costs one warning
+/// that says which, and the build goes on locally.
+#[test]
+fn an_s3_cache_down_or_without_credentials_costs_one_warning() {
+    let server = Server::start("s3-start");
+    let keys_dir = tempdir("kiln-keys-");
+    let (key, _) = keygen(keys_dir.path(), "team.key");
+    let p = toy_project(&cache_section(&server.url, Some(&key), &[]));
+    for (why, credentials, expect) in [
+        ("no credentials", false, "no AWS credentials"),
+        ("server down", true, "is unavailable"),
+    ] {
+        if why == "server down" {
+            server.stop();
+        }
+        let store = tempdir("kiln-store-");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
+        cmd.arg("--project")
+            .arg(p.root())
+            .arg("--store")
+            .arg(store.path())
+            .args(["--json", "build", "test-board"])
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+            .env("AWS_CONFIG_FILE", "/nonexistent");
+        if credentials {
+            cmd.env("AWS_ACCESS_KEY_ID", "kiln-test")
+                .env("AWS_SECRET_ACCESS_KEY", "kiln-test-secret");
+        } else {
+            cmd.env_remove("AWS_ACCESS_KEY_ID")
+                .env_remove("AWS_SECRET_ACCESS_KEY")
+                .env_remove("AWS_SESSION_TOKEN");
+        }
+        let o = cmd.output().expect("run kiln");
+        assert!(o.status.success(), "{why}: {}", stderr(&o));
+        assert!(
+            outcomes(&o).values().all(|v| v == "built"),
+            "{why}: {:?}",
+            outcomes(&o)
+        );
+        let w = warnings(&o);
+        assert_eq!(w.len(), 1, "{why}: one warning: {w:?}");
+        assert!(w[0].contains(expect), "{why}: {w:?}");
+    }
+}
+
 /// A local blob damaged after it was built never reaches the server, small
 /// (sent from memory) or big (streamed): the push names the entry and says
 /// to rebuild, and the server gets neither blob nor an entry that needs
