@@ -88,23 +88,23 @@ fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
     (path, stdout(&out).trim().to_string())
 }
 
+/// The toy project's lib: a small file and a 300 kB one, then `more` steps.
+fn lib_recipe(more: &[&str]) -> String {
+    let mut steps = vec![
+        "mkdir -p /out/usr/lib",
+        "echo lib > /out/usr/lib/data",
+        "head -c 300000 /dev/zero | tr '\\\\0' 'x' > /out/usr/lib/big",
+    ];
+    steps.extend_from_slice(more);
+    shell_recipe("lib", &[], &steps)
+}
+
 /// A project with two small recipes (app depends on lib) whose outputs are
 /// reproducible, and a `[cache]` section.
 fn toy_project(cache: &str) -> TestProject {
     let p = TestProject::new();
     p.board(&["app"]);
-    p.write(
-        "recipes/lib.rhai",
-        &shell_recipe(
-            "lib",
-            &[],
-            &[
-                "mkdir -p /out/usr/lib",
-                "echo lib > /out/usr/lib/data",
-                "head -c 300000 /dev/zero | tr '\\\\0' 'x' > /out/usr/lib/big",
-            ],
-        ),
-    );
+    p.write("recipes/lib.rhai", &lib_recipe(&[]));
     p.write(
         "recipes/app.rhai",
         &shell_recipe(
@@ -123,6 +123,17 @@ fn toy_project(cache: &str) -> TestProject {
         &format!("default_board = \"test-board\"\n\n[cache]\n{cache}\n"),
     );
     p
+}
+
+/// A fresh server of `kind` and a toy project that writes back to it,
+/// signing with a new key: the server, the project, the key's public half,
+/// and the directory holding the key (keep it alive).
+fn team_on(kind: &'static str) -> (Server, TestProject, String, tempfile::TempDir) {
+    let server = Server::start(kind);
+    let keys_dir = tempdir("kiln-keys-");
+    let (key, public) = keygen(keys_dir.path(), "team.key");
+    let p = toy_project(&cache_section(&server.url, Some(&key), &[]));
+    (server, p, public, keys_dir)
 }
 
 fn cache_section(url: &str, key: Option<&Path>, trusted: &[&str]) -> String {
@@ -459,10 +470,7 @@ fn restore_tree(from: &Path, to: &Path) {
 
 #[test]
 fn concurrent_pushes_of_the_same_keys_are_consistent() {
-    let server = Server::start("start");
-    let keys_dir = tempdir("kiln-keys-");
-    let (key, public) = keygen(keys_dir.path(), "team.key");
-    let p = toy_project(&cache_section(&server.url, Some(&key), &[]));
+    let (server, p, public, _keys) = team_on("start");
     // Two builders with their own stores build the same thing, offline from
     // the cache, then push at the same moment, several times.
     let stores = [tempdir("kiln-store-1-"), tempdir("kiln-store-2-")];
@@ -529,10 +537,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn a_dead_or_silent_server_never_fails_or_hangs_a_build() {
-    let server = Server::start("start");
-    let keys_dir = tempdir("kiln-keys-");
-    let (key, public) = keygen(keys_dir.path(), "team.key");
-    let p = toy_project(&cache_section(&server.url, Some(&key), &[]));
+    let (server, p, public, _keys) = team_on("start");
     // lib builds and is pushed; the server dies while app builds.
     p.write(
         "recipes/app.rhai",
@@ -629,10 +634,7 @@ fn a_dead_or_silent_server_never_fails_or_hangs_a_build() {
 /// that says which, and the build goes on locally.
 #[test]
 fn an_s3_cache_down_or_without_credentials_costs_one_warning() {
-    let server = Server::start("s3-start");
-    let keys_dir = tempdir("kiln-keys-");
-    let (key, _) = keygen(keys_dir.path(), "team.key");
-    let p = toy_project(&cache_section(&server.url, Some(&key), &[]));
+    let (server, p, _, _keys) = team_on("s3-start");
     for (why, credentials, expect) in [
         ("no credentials", false, "no AWS credentials"),
         ("server down", true, "is unavailable"),
@@ -676,23 +678,11 @@ fn an_s3_cache_down_or_without_credentials_costs_one_warning() {
 /// them. A build then rebuilds it, and the next push is whole.
 #[test]
 fn a_damaged_local_blob_is_never_uploaded() {
-    let server = Server::start("start");
-    let keys_dir = tempdir("kiln-keys-");
-    let (key, _) = keygen(keys_dir.path(), "team.key");
-    let p = toy_project(&cache_section(&server.url, Some(&key), &[]));
+    let (server, p, _, _keys) = team_on("start");
     // A file that stays over 4 MiB compressed, so its upload streams.
     p.write(
         "recipes/lib.rhai",
-        &shell_recipe(
-            "lib",
-            &[],
-            &[
-                "mkdir -p /out/usr/lib",
-                "echo lib > /out/usr/lib/data",
-                "head -c 300000 /dev/zero | tr '\\\\0' 'x' > /out/usr/lib/big",
-                "head -c 5000000 /dev/urandom > /out/usr/lib/noise",
-            ],
-        ),
+        &lib_recipe(&["head -c 5000000 /dev/urandom > /out/usr/lib/noise"]),
     );
     let o = kiln_in(
         p.root(),
