@@ -20,9 +20,8 @@ use crate::store::Store;
 
 const BUF_SIZE: usize = 256 << 10;
 /// Blobs stored in up to this many bytes are uploaded from memory, read
-/// and checked whole (`Store::with_compressed`), then sent in one go: most
-/// blobs are small, and streaming costs more per blob. Bigger ones stream
-/// through an [`Export`].
+/// and checked whole (`Store::with_compressed`); bigger ones stream
+/// through an [`Export`] (see `remote::backend::send_stored`).
 pub(crate) const SEND_WHOLE: u64 = 4 << 20;
 /// The store's zstd level (see `cas`); raw imports compress with it too.
 const ZSTD_LEVEL: i32 = 3;
@@ -131,13 +130,11 @@ impl Store {
         src: &mut dyn Read,
     ) -> Result<(Staged, u64), ImportError> {
         let tmp = self.temp_file("import-")?;
-        let mut out = BufWriter::with_capacity(BUF_SIZE, tmp.file());
+        let mut out = stamp::Hashing::new(BufWriter::with_capacity(BUF_SIZE, tmp.file()));
         let mut check = zstd::stream::write::Decoder::new(HashSink::new())
             .map_err(|e| ImportError::Mismatch(format!("cannot start decoding: {e}")))?;
-        let mut stored = blake3::Hasher::new();
         let wire = pump(src, size, |chunk| {
             out.write_all(chunk).ctx("writing", tmp.path())?;
-            stored.update(chunk);
             check
                 .write_all(chunk)
                 .map_err(|e| ImportError::Mismatch(format!("not zstd data: {e}")))?;
@@ -150,9 +147,10 @@ impl Store {
             .get_ref()
             .check(d, size)
             .map_err(ImportError::Mismatch)?;
+        let (mut out, stored) = out.finish();
         out.flush().ctx("writing", tmp.path())?;
         drop(out);
-        stamp::set(tmp.file(), stored.finalize().as_bytes());
+        stamp::set(tmp.file(), &stored);
         Ok((Staged { tmp, digest: *d }, wire))
     }
 

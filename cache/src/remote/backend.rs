@@ -4,7 +4,7 @@
 
 use crate::digest::Digest;
 use crate::store::Store;
-use crate::transfer::{ImportError, Staged};
+use crate::transfer::{Export, ImportError, Staged, SEND_WHOLE};
 
 use super::entry::BlobRef;
 
@@ -43,6 +43,44 @@ impl TransferError {
             ImportError::Mismatch(reason) => TransferError::Refused { digest: *d, reason },
             ImportError::Store(e) => TransferError::Store(e),
         }
+    }
+}
+
+/// A blob's stored (zstd) form on its way to a server that keeps it as it
+/// is (HTTP, directory, S3); see [`send_stored`].
+pub enum Outgoing<'a> {
+    /// Read and checked whole: most blobs are small, and streaming costs
+    /// more per blob.
+    Whole(&'a [u8]),
+    /// Streamed, `len` bytes, checked before the last of them is read.
+    Stream { export: &'a mut Export, len: u64 },
+}
+
+/// Hands `send` blob `blob`'s stored form, whole or streamed by its size.
+/// A send that failed because the blob turned out damaged (and is now
+/// removed) is the blob's fault, `Refused`, whatever the transport made of
+/// its short body: the server must not be taken for down.
+pub fn send_stored(
+    store: &Store,
+    blob: &BlobRef,
+    send: impl FnOnce(Outgoing) -> Result<u64, TransferError>,
+) -> Result<u64, TransferError> {
+    let len = store.stored_size(&blob.blake3)?;
+    if len <= SEND_WHOLE {
+        return store
+            .with_compressed(&blob.blake3, blob.size, |body| send(Outgoing::Whole(body)))?;
+    }
+    let mut export = store.export_compressed(&blob.blake3)?;
+    let sent = send(Outgoing::Stream {
+        export: &mut export,
+        len,
+    });
+    match (sent, export.damage()) {
+        (Err(_), Some(why)) => Err(TransferError::Refused {
+            digest: blob.blake3,
+            reason: why.to_string(),
+        }),
+        (sent, _) => sent,
     }
 }
 

@@ -13,9 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::digest::Digest;
 use crate::store::Store;
-use crate::transfer::{Staged, SEND_WHOLE};
+use crate::transfer::Staged;
 
-use super::backend::{Backend, BackendError, TransferError};
+use super::backend::{send_stored, Backend, BackendError, Outgoing, TransferError};
 use super::entry::BlobRef;
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -127,21 +127,12 @@ impl Backend for Dir {
 
     fn upload(&self, blob: &BlobRef, store: &Store) -> Result<u64, TransferError> {
         let dest = self.path("cas", &blob.blake3);
-        let written = if store.stored_size(&blob.blake3)? <= SEND_WHOLE {
-            store.with_compressed(&blob.blake3, blob.size, |body| {
-                self.write_atomic(&dest, |f| f.write_all(body).map(|()| body.len() as u64))
-            })?
-        } else {
-            let mut export = store.export_compressed(&blob.blake3)?;
-            self.write_atomic(&dest, |f| io::copy(&mut export, f))
-        };
-        written.map_err(|e| match e.kind() {
-            // The export found the local blob damaged: not the cache's fault.
-            io::ErrorKind::InvalidData => TransferError::Refused {
-                digest: blob.blake3,
-                reason: e.to_string(),
-            },
-            _ => self.err("writing", &dest, e).into(),
+        send_stored(store, blob, |out| {
+            self.write_atomic(&dest, |f| match out {
+                Outgoing::Whole(body) => f.write_all(body).map(|()| body.len() as u64),
+                Outgoing::Stream { export, .. } => io::copy(export, f),
+            })
+            .map_err(|e| self.err("writing", &dest, e).into())
         })
     }
 }

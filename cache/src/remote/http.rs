@@ -19,9 +19,9 @@ use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
 use crate::digest::Digest;
 use crate::store::Store;
-use crate::transfer::{Staged, SEND_WHOLE};
+use crate::transfer::Staged;
 
-use super::backend::{Backend, BackendError, TransferError};
+use super::backend::{send_stored, Backend, BackendError, Outgoing, TransferError};
 use super::entry::BlobRef;
 use super::pipeline::{Pipeline, PipelineError};
 
@@ -266,35 +266,25 @@ impl Backend for Http {
 
     fn upload(&self, blob: &BlobRef, store: &Store) -> Result<u64, TransferError> {
         let url = self.url("cas", &blob.blake3);
-        let len = store.stored_size(&blob.blake3)?;
-        let request = self.agent.put(&url);
-        let resp = if len <= SEND_WHOLE {
-            store
-                .with_compressed(&blob.blake3, blob.size, |body| request.send(body))?
-                .map_err(|e| failure(&url, e))?
-        } else {
-            let mut export = store.export_compressed(&blob.blake3)?;
-            let sent = request
-                .header("content-length", len.to_string())
-                .send(ureq::SendBody::from_reader(&mut export));
-            match (sent, export.damage()) {
-                // The body failed because the blob is damaged, not the
-                // network (the server got a short body, and stored nothing).
-                (Err(_), Some(why)) => {
-                    return Err(TransferError::Refused {
-                        digest: blob.blake3,
-                        reason: why.to_string(),
-                    })
+        send_stored(store, blob, |out| {
+            let request = self.agent.put(&url);
+            let (sent, len) = match out {
+                Outgoing::Whole(body) => (request.send(body), body.len() as u64),
+                Outgoing::Stream { export, len } => (
+                    request
+                        .header("content-length", len.to_string())
+                        .send(ureq::SendBody::from_reader(export)),
+                    len,
+                ),
+            };
+            let resp = sent.map_err(|e| failure(&url, e))?;
+            match resp.status() {
+                s if s.is_success() => {
+                    drain(resp);
+                    Ok(len)
                 }
-                (sent, _) => sent.map_err(|e| failure(&url, e))?,
+                s => Err(bad_status("PUT", &url, s).into()),
             }
-        };
-        match resp.status() {
-            s if s.is_success() => {
-                drain(resp);
-                Ok(len)
-            }
-            s => Err(bad_status("PUT", &url, s).into()),
-        }
+        })
     }
 }

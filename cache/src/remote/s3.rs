@@ -18,9 +18,9 @@ use opendal::{blocking, ErrorKind};
 
 use crate::digest::Digest;
 use crate::store::Store;
-use crate::transfer::{ImportError, Staged, SEND_WHOLE};
+use crate::transfer::{ImportError, Staged};
 
-use super::backend::{Backend, BackendError, TransferError};
+use super::backend::{send_stored, Backend, BackendError, Outgoing, TransferError};
 use super::entry::BlobRef;
 
 /// Multipart part size (S3 wants at least 5 MiB but for the last part).
@@ -150,43 +150,52 @@ impl S3 {
 
     /// Writes `path` from `src` in parts, aborting the upload if reading
     /// fails (a damaged blob's export fails before its last byte): the
-    /// object is never completed. The error says whether reading failed.
-    fn write_streamed(&self, path: &str, src: &mut dyn Read) -> Result<u64, (io::Error, bool)> {
+    /// object is never completed.
+    fn write_streamed(&self, path: &str, src: &mut dyn Read) -> io::Result<u64> {
         self.rt.block_on(async {
             let mut w = self
                 .op_async
                 .writer_with(path)
                 .chunk(PART)
                 .await
-                .map_err(|e| (io::Error::other(e), false))?;
+                .map_err(io::Error::other)?;
             let mut buf = vec![0u8; PART];
             let mut sent = 0u64;
             loop {
-                let mut filled = 0;
-                while filled < buf.len() {
-                    match src.read(&mut buf[filled..]) {
-                        Ok(0) => break,
-                        Ok(n) => filled += n,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => {
-                            let _ = w.abort().await;
-                            return Err((e, true));
-                        }
+                let filled = match fill(src, &mut buf) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        let _ = w.abort().await;
+                        return Err(e);
                     }
-                }
+                };
                 if filled == 0 {
                     break;
                 }
                 if let Err(e) = w.write(buf[..filled].to_vec()).await {
                     let _ = w.abort().await;
-                    return Err((io::Error::other(e), false));
+                    return Err(io::Error::other(e));
                 }
                 sent += filled as u64;
             }
-            w.close().await.map_err(|e| (io::Error::other(e), false))?;
+            w.close().await.map_err(io::Error::other)?;
             Ok(sent)
         })
     }
+}
+
+/// Reads from `src` until `buf` is full or `src` ends; how much was read.
+fn fill(src: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match src.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
 }
 
 impl Backend for S3 {
@@ -260,24 +269,16 @@ impl Backend for S3 {
 
     fn upload(&self, blob: &BlobRef, store: &Store) -> Result<u64, TransferError> {
         let path = S3::blob(&blob.blake3);
-        if store.stored_size(&blob.blake3)? <= SEND_WHOLE {
-            return store
-                .with_compressed(&blob.blake3, blob.size, |body| {
-                    self.op
-                        .write(&path, body.to_vec())
-                        .map(|_| body.len() as u64)
-                })?
-                .map_err(|e| failure(&format!("write {path}"), &e).into());
-        }
-        let mut export = store.export_compressed(&blob.blake3)?;
-        self.write_streamed(&path, &mut export)
-            .map_err(|(e, local)| match export.damage() {
-                Some(why) if local => TransferError::Refused {
-                    digest: blob.blake3,
-                    reason: why.to_string(),
-                },
-                _ => BackendError::Unavailable(format!("write {path}: {e}")).into(),
-            })
+        send_stored(store, blob, |out| match out {
+            Outgoing::Whole(body) => self
+                .op
+                .write(&path, body.to_vec())
+                .map(|_| body.len() as u64)
+                .map_err(|e| failure(&format!("write {path}"), &e).into()),
+            Outgoing::Stream { export, .. } => self
+                .write_streamed(&path, export)
+                .map_err(|e| BackendError::Unavailable(format!("write {path}: {e}")).into()),
+        })
     }
 }
 
