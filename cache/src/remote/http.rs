@@ -6,16 +6,13 @@
 //! only to check them). Any server that stores PUT bodies and serves them
 //! back works: nginx's dav module, Apache mod_dav, bazel-remote.
 
-use std::collections::HashMap;
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use ureq::config::Config;
 use ureq::http::{StatusCode, Uri};
-use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
-use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
+use ureq::unversioned::transport::DefaultConnector;
 
 use crate::digest::Digest;
 use crate::store::Store;
@@ -24,6 +21,7 @@ use crate::transfer::Staged;
 use super::backend::{send_stored, Backend, BackendError, Outgoing, TransferError};
 use super::entry::BlobRef;
 use super::pipeline::{Pipeline, PipelineError};
+use super::resolve::{Addresses, CachingResolver};
 
 const USER_AGENT: &str = concat!("kiln/", env!("CARGO_PKG_VERSION"));
 /// An entry document is small; anything bigger is not one.
@@ -43,6 +41,7 @@ pub struct Http {
 
 impl Http {
     pub fn new(base: &str, timeout: Duration, transfers: usize) -> Http {
+        let addresses = Arc::new(Addresses::default());
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .user_agent(USER_AGENT)
@@ -61,10 +60,10 @@ impl Http {
         let agent = ureq::Agent::with_parts(
             config,
             DefaultConnector::default(),
-            CachingResolver::default(),
+            CachingResolver(addresses.clone()),
         );
         let base = base.trim_end_matches('/').to_string();
-        let pipeline = Pipeline::for_base(&base, timeout, USER_AGENT);
+        let pipeline = Pipeline::for_base(&base, timeout, USER_AGENT, addresses);
         let base_path = base
             .parse::<Uri>()
             .ok()
@@ -95,46 +94,6 @@ impl Http {
             s if s.is_success() => Ok(false),
             s => Err(bad_status("HEAD", &url, s)),
         }
-    }
-}
-
-/// How long a resolved address is reused.
-const RESOLVED_TTL: Duration = Duration::from_secs(60);
-
-/// ureq resolves the host before every request, pooled connection or not,
-/// and with a resolve timeout it does so on a new thread: two threads per
-/// blob (HEAD, PUT), which cost more than the transfers of small blobs.
-/// This keeps each answer for a minute.
-#[derive(Debug, Default)]
-struct CachingResolver {
-    inner: DefaultResolver,
-    known: Mutex<HashMap<String, (Instant, ResolvedSocketAddrs)>>,
-}
-
-impl Resolver for CachingResolver {
-    fn resolve(
-        &self,
-        uri: &Uri,
-        config: &Config,
-        timeout: NextTimeout,
-    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
-        let host = uri.authority().map(|a| a.as_str().to_string());
-        let scheme = uri.scheme_str().unwrap_or_default();
-        let Some(name) = host.map(|h| format!("{scheme}://{h}")) else {
-            return self.inner.resolve(uri, config, timeout);
-        };
-        if let Ok(known) = self.known.lock() {
-            if let Some((at, addrs)) = known.get(&name) {
-                if at.elapsed() < RESOLVED_TTL {
-                    return Ok(addrs.clone());
-                }
-            }
-        }
-        let addrs = self.inner.resolve(uri, config, timeout)?;
-        if let Ok(mut known) = self.known.lock() {
-            known.insert(name, (Instant::now(), addrs.clone()));
-        }
-        Ok(addrs)
     }
 }
 

@@ -15,6 +15,7 @@ mod entry;
 mod http;
 mod pipeline;
 mod reapi;
+mod resolve;
 mod s3;
 mod stats;
 

@@ -11,9 +11,11 @@
 //! `Unsupported`, and the caller asks blob by blob instead.
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::sync::{mpsc, Mutex};
-use std::time::{Duration, Instant};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::resolve::Addresses;
 
 /// Requests per connection: their bytes (about 100 each) and their answers'
 /// (about 250) stay well inside the socket buffers, so writing them all
@@ -22,8 +24,6 @@ use std::time::{Duration, Instant};
 const PER_CONNECTION: usize = 64;
 /// An answer's header block bigger than this is not a cache's HEAD answer.
 const MAX_HEADERS: usize = 64 << 10;
-/// How long a looked-up address is reused.
-const ADDRESS_TTL: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -43,14 +43,20 @@ pub struct Pipeline {
     port: u16,
     timeout: Duration,
     user_agent: String,
-    addrs: Mutex<Option<(Instant, Vec<SocketAddr>)>>,
+    /// Shared with the ureq agent's resolver.
+    addresses: Arc<Addresses>,
 }
 
 impl Pipeline {
     /// A pipeline to `base`'s server, for plain `http://` URLs without
     /// credentials in them; `None` for others (TLS and authentication are
     /// ureq's business, and they get one HEAD per blob).
-    pub fn for_base(base: &str, timeout: Duration, user_agent: &str) -> Option<Pipeline> {
+    pub fn for_base(
+        base: &str,
+        timeout: Duration,
+        user_agent: &str,
+        addresses: Arc<Addresses>,
+    ) -> Option<Pipeline> {
         let uri: ureq::http::Uri = base.parse().ok()?;
         if uri.scheme_str() != Some("http") {
             return None;
@@ -65,7 +71,7 @@ impl Pipeline {
             port: authority.port_u16().unwrap_or(80),
             timeout,
             user_agent: user_agent.to_string(),
-            addrs: Mutex::new(None),
+            addresses,
         })
     }
 
@@ -188,61 +194,21 @@ impl Pipeline {
     }
 
     fn connect(&self) -> Result<TcpStream, PipelineError> {
-        let addrs = self.lookup()?;
-        let mut last = None;
+        let unavailable = |e: io::Error| {
+            PipelineError::Unavailable(format!("connecting to {}: {e}", self.authority))
+        };
+        let addrs = self
+            .addresses
+            .lookup(&self.host, self.port, self.timeout)
+            .map_err(unavailable)?;
+        let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
         for addr in &addrs {
             match TcpStream::connect_timeout(addr, self.timeout) {
                 Ok(s) => return Ok(s),
-                Err(e) => last = Some(e),
+                Err(e) => last = e,
             }
         }
-        Err(PipelineError::Unavailable(format!(
-            "connecting to {}: {}",
-            self.authority,
-            last.map_or_else(|| "no address".to_string(), |e| e.to_string())
-        )))
-    }
-
-    /// The server's addresses, looked up on a thread so that a resolver
-    /// that hangs can't hang a build past the timeout.
-    fn lookup(&self) -> Result<Vec<SocketAddr>, PipelineError> {
-        if let Ok(known) = self.addrs.lock() {
-            if let Some((at, addrs)) = known.as_ref() {
-                if at.elapsed() < ADDRESS_TTL {
-                    return Ok(addrs.clone());
-                }
-            }
-        }
-        let (tx, rx) = mpsc::sync_channel(1);
-        let target = (self.host.clone(), self.port);
-        std::thread::spawn(move || {
-            let _ = tx.send(target.to_socket_addrs().map(|a| a.collect::<Vec<_>>()));
-        });
-        let addrs = match rx.recv_timeout(self.timeout) {
-            Ok(Ok(addrs)) if !addrs.is_empty() => addrs,
-            Ok(Ok(_)) => {
-                return Err(PipelineError::Unavailable(format!(
-                    "{}: the name has no address",
-                    self.host
-                )))
-            }
-            Ok(Err(e)) => {
-                return Err(PipelineError::Unavailable(format!(
-                    "looking up {}: {e}",
-                    self.host
-                )))
-            }
-            Err(_) => {
-                return Err(PipelineError::Unavailable(format!(
-                    "looking up {}: no answer in {:?}",
-                    self.host, self.timeout
-                )))
-            }
-        };
-        if let Ok(mut known) = self.addrs.lock() {
-            *known = Some((Instant::now(), addrs.clone()));
-        }
-        Ok(addrs)
+        Err(unavailable(last))
     }
 }
 
@@ -280,6 +246,7 @@ fn parse_head(block: &[u8]) -> Option<(u16, bool)> {
 mod tests {
     use super::*;
     use std::net::TcpListener;
+    use std::time::Instant;
 
     /// A server that answers each HEAD for `/have/...` with 200 and others
     /// with 404, in order; `per_connection` answers, then it closes (with
@@ -349,7 +316,8 @@ mod tests {
     }
 
     fn pipeline(url: &str) -> Pipeline {
-        Pipeline::for_base(url, Duration::from_millis(500), "kiln-test").expect("plain http")
+        Pipeline::for_base(url, Duration::from_millis(500), "kiln-test", Arc::default())
+            .expect("plain http")
     }
 
     #[test]
@@ -389,9 +357,11 @@ mod tests {
     #[test]
     fn only_plain_http_without_credentials_is_pipelined() {
         let t = Duration::from_secs(1);
-        assert!(Pipeline::for_base("https://cache.example/kiln", t, "k").is_none());
-        assert!(Pipeline::for_base("http://me:pw@cache.example/kiln", t, "k").is_none());
-        let p = Pipeline::for_base("http://[::1]:8080/kiln", t, "k").expect("http");
+        assert!(Pipeline::for_base("https://cache.example/kiln", t, "k", Arc::default()).is_none());
+        assert!(
+            Pipeline::for_base("http://me:pw@cache.example/kiln", t, "k", Arc::default()).is_none()
+        );
+        let p = Pipeline::for_base("http://[::1]:8080/kiln", t, "k", Arc::default()).expect("http");
         assert_eq!(
             (p.host.as_str(), p.port, p.authority.as_str()),
             ("::1", 8080, "[::1]:8080")
