@@ -87,7 +87,7 @@ pub fn push(
 
 /// One push, as a result: `Some((blobs, bytes))` when something was sent,
 /// `None` when nothing had to be (or the remote is off for this process).
-pub fn push_one(
+fn push_one(
     remote: &Remote,
     store: &Store,
     key: &Digest,
@@ -112,6 +112,7 @@ fn unavailable(remote: &Remote, why: &str) -> String {
     )
 }
 
-fn short(key: &Digest) -> String {
+/// A key as messages show it.
+pub fn short(key: &Digest) -> String {
     key.to_hex()[..12].to_string()
 }

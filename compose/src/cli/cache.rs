@@ -16,6 +16,7 @@ use super::{board_roots, context, Failure, Session};
 use crate::build::{digest_of, Context, Event, Events, NodeResult};
 use crate::image;
 use crate::progress::human_bytes;
+use crate::remote::short;
 
 #[derive(Subcommand, Debug)]
 pub enum CacheCommand {
@@ -457,10 +458,6 @@ fn pull(s: &Session, board: Option<&str>) -> Result<(), Failure> {
         );
         Ok(())
     })
-}
-
-fn short(key: &Digest) -> String {
-    key.to_hex()[..12].to_string()
 }
 
 const STATS_FILE: &str = "remote.jsonl";
