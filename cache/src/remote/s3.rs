@@ -159,43 +159,26 @@ impl S3 {
                 .chunk(PART)
                 .await
                 .map_err(io::Error::other)?;
-            let mut buf = vec![0u8; PART];
             let mut sent = 0u64;
             loop {
-                let filled = match fill(src, &mut buf) {
-                    Ok(n) => n,
-                    Err(e) => {
-                        let _ = w.abort().await;
-                        return Err(e);
-                    }
-                };
-                if filled == 0 {
+                let mut part = Vec::with_capacity(PART);
+                if let Err(e) = (&mut *src).take(PART as u64).read_to_end(&mut part) {
+                    let _ = w.abort().await;
+                    return Err(e);
+                }
+                if part.is_empty() {
                     break;
                 }
-                if let Err(e) = w.write(buf[..filled].to_vec()).await {
+                sent += part.len() as u64;
+                if let Err(e) = w.write(part).await {
                     let _ = w.abort().await;
                     return Err(io::Error::other(e));
                 }
-                sent += filled as u64;
             }
             w.close().await.map_err(io::Error::other)?;
             Ok(sent)
         })
     }
-}
-
-/// Reads from `src` until `buf` is full or `src` ends; how much was read.
-fn fill(src: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match src.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
 }
 
 impl Backend for S3 {
