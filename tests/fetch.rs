@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use kiln::fetch::{self, FetchError, Fetcher, Mirror};
 use kiln::model::SourceHash;
-use kiln_cache::Store;
+use kiln_store::Store;
 use sha2::Digest as _;
 
 fn sha256(bytes: &[u8]) -> String {
@@ -148,7 +148,7 @@ fn every_format_fetches_from_mirror_by_basename_and_unpacks() {
         fs::write(dir.join(name), &bytes).unwrap();
         let url = format!("https://example.invalid/releases/{name}?download=1");
         let digest = fetcher.fetch(&url, &sha(&bytes)).unwrap();
-        assert_eq!(digest, kiln_cache::Digest::of(&bytes), "{name}");
+        assert_eq!(digest, kiln_store::Digest::of(&bytes), "{name}");
         let out = e.root.join("out").join(name);
         fetch::unpack(&e.store, &digest, &out, 1).unwrap();
         check_sample(&out);

@@ -14,7 +14,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::*;
-use kiln_cache::remote::SecretKey;
+use kiln_remote::SecretKey;
 
 /// A cache server for one test, stopped when dropped.
 struct Server {
@@ -230,7 +230,7 @@ fn tampered_entries_and_blobs_are_refused_by_name_and_rebuilt() {
         .expect("a file blob")
         .clone();
     let resign = |doc: serde_json::Value, key: &SecretKey| -> Vec<u8> {
-        let e: kiln_cache::remote::Entry =
+        let e: kiln_remote::Entry =
             serde_json::from_value(doc["entry"].clone()).expect("entry");
         key.sign(e).to_json()
     };
@@ -691,7 +691,7 @@ fn a_damaged_local_blob_is_never_uploaded() {
     );
     assert!(o.status.success(), "{}", stderr(&o));
     let (lib_key, lib_output) = keys(&o)["lib"].clone();
-    let store = kiln_cache::Store::open(p.store.path()).expect("store");
+    let store = kiln_store::Store::open(p.store.path()).expect("store");
     let manifest = store
         .get_manifest(&lib_output.parse().expect("digest"))
         .expect("lib's manifest");
@@ -700,7 +700,7 @@ fn a_damaged_local_blob_is_never_uploaded() {
             .entries
             .iter()
             .find_map(|e| match &e.kind {
-                kiln_cache::EntryKind::File { blake3, .. } if e.path == path => Some(*blake3),
+                kiln_store::EntryKind::File { blake3, .. } if e.path == path => Some(*blake3),
                 _ => None,
             })
             .expect(path)

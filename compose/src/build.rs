@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use kiln_cache::remote::Remote;
-use kiln_cache::{ActionResult, Digest, MetaOverride, Store};
+use kiln_remote::Remote;
+use kiln_store::{ActionResult, Digest, MetaOverride, Store};
 use serde::Serialize;
 
 use crate::dsl::{Evaluation, Project};

@@ -16,10 +16,9 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use kiln_cache::{Digest, Store, StoreError};
+use kiln_store::{Digest, Store, StoreError};
 use sha2::Digest as _;
 
 use crate::model::SourceHash;
@@ -615,8 +614,12 @@ impl<'s> Fetcher<'s> {
     ) -> Result<Digest, Tried> {
         // The store's temp directory: same file system as the blobs, and
         // swept by the store if we are killed mid-download.
-        let dir = self.store.root().join("tmp");
-        let mut tmp = TempFile::create(&dir).map_err(Tried::Fatal)?;
+        let mut tmp = self.store.scratch_file(".fetch-").map_err(|source| {
+            Tried::Fatal(FetchError::Store {
+                what: "creating a download file".into(),
+                source,
+            })
+        })?;
         let mut hasher = want.hasher();
         let mut buf = vec![0u8; 256 * 1024];
         loop {
@@ -627,9 +630,9 @@ impl<'s> Fetcher<'s> {
                 Err(e) => return Err(Tried::Failed(Failure::Read(e.to_string()))),
             };
             hasher.update(&buf[..n]);
-            tmp.file.write_all(&buf[..n]).map_err(|source| {
+            tmp.file_mut().write_all(&buf[..n]).map_err(|source| {
                 Tried::Fatal(FetchError::Io {
-                    path: tmp.path.clone(),
+                    path: tmp.path().to_path_buf(),
                     source,
                 })
             })?;
@@ -642,7 +645,7 @@ impl<'s> Fetcher<'s> {
                 note,
             }));
         }
-        let (digest, _size) = self.store.put_file(&tmp.path).map_err(|source| {
+        let (digest, _size) = self.store.put_file(tmp.path()).map_err(|source| {
             Tried::Fatal(FetchError::Store {
                 what: format!("storing {want}"),
                 source,
@@ -674,43 +677,6 @@ fn ureq_failure(err: ureq::Error) -> Failure {
             reason: String::new(),
         },
         other => Failure::Unreachable(other.to_string()),
-    }
-}
-
-/// A download in progress; removed on every exit path.
-struct TempFile {
-    path: PathBuf,
-    file: File,
-}
-
-impl TempFile {
-    fn create(dir: &Path) -> Result<TempFile, FetchError> {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        fs::create_dir_all(dir).map_err(|source| FetchError::Io {
-            path: dir.to_owned(),
-            source,
-        })?;
-        loop {
-            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-            let path = dir.join(format!(".fetch-{}-{n}", std::process::id()));
-            match OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-            {
-                Ok(file) => return Ok(TempFile { path, file }),
-                // A leftover of a crashed run that had our pid.
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(source) => return Err(FetchError::Io { path, source }),
-            }
-        }
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.path);
     }
 }
 

@@ -3,7 +3,7 @@
 //!
 //! Data flows one way through these modules:
 //! `dsl` (Rhai → `model`) → `graph` (petgraph DAG) → `key` (content
-//! addresses) → `build` (scheduler, `fetch`, `sandbox`) → `kiln_cache::Store`.
+//! addresses) → `build` (scheduler, `fetch`, `sandbox`) → `kiln_store::Store`.
 //! See ARCHITECTURE.md for the invariants.
 
 pub mod build;

@@ -5,8 +5,8 @@
 
 use std::time::Instant;
 
-use kiln_cache::remote::{Fetch, Push, Remote};
-use kiln_cache::{Digest, Store};
+use kiln_remote::{Fetch, Push, Remote};
+use kiln_store::{Digest, Store};
 
 use crate::build::{Event, Events};
 
@@ -91,7 +91,7 @@ fn push_one(
     remote: &Remote,
     store: &Store,
     key: &Digest,
-    result: &kiln_cache::ActionResult,
+    result: &kiln_store::ActionResult,
 ) -> Result<Option<(usize, u64)>, String> {
     match remote.push(store, key, result) {
         Push::Uploaded { blobs, bytes } => Ok(Some((blobs, bytes))),

@@ -11,7 +11,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use kiln_cache::Store;
+use kiln_store::Store;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{Target, Toolchain};

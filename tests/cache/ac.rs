@@ -3,13 +3,13 @@ mod common;
 use std::fs;
 
 use common::store;
-use kiln_cache::{ActionResult, Digest, Manifest, StoreError};
+use kiln_store::{ActionResult, Digest, Manifest, StoreError};
 
 fn key(n: u32) -> Digest {
     Digest::of(&n.to_le_bytes())
 }
 
-fn ac_path(store: &kiln_cache::Store, k: &Digest) -> std::path::PathBuf {
+fn ac_path(store: &kiln_store::Store, k: &Digest) -> std::path::PathBuf {
     let hex = k.to_hex();
     store.root().join("ac").join(&hex[..2]).join(hex)
 }

@@ -5,7 +5,7 @@ use std::io::{Seek, SeekFrom, Write};
 use std::sync::Arc;
 
 use common::{files_under, noise, store};
-use kiln_cache::{Digest, StoreError};
+use kiln_store::{Digest, StoreError};
 
 #[test]
 fn put_get_round_trip() {

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use kiln_cache::{Store, StoreError};
+use kiln_store::{Store, StoreError};
 
 #[test]
 fn default_root_precedence() {

@@ -4,7 +4,7 @@ use std::fs;
 use std::time::Duration;
 
 use common::{files_under, hours_ago, noise, set_mtime, store, write};
-use kiln_cache::{ActionResult, Digest, Root, Store, StoreError};
+use kiln_store::{ActionResult, Digest, Root, Store, StoreError};
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
 

@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{noise, write};
-use kiln_cache::{ActionResult, Digest, EntryKind, Root, Store, StoreError};
+use kiln_store::{ActionResult, Digest, EntryKind, Root, Store, StoreError};
 
 const CHILD_ENV: &str = "KILN_CACHE_TEST_CHILD";
 const MODE_ENV: &str = "KILN_CACHE_TEST_CHILD_MODE";

@@ -3,7 +3,7 @@ mod common;
 use std::fs;
 
 use common::{hours_ago, set_mtime, store, write};
-use kiln_cache::Store;
+use kiln_store::Store;
 
 #[test]
 fn open_removes_only_stale_unlocked_temp_files() {

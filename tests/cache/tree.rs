@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use common::{hours_ago, is_root, noise, set_mtime_tree, store, write};
-use kiln_cache::{Digest, Entry, EntryKind, Manifest, MetaOverride, StoreError, CAPABILITY_XATTR};
+use kiln_store::{Digest, Entry, EntryKind, Manifest, MetaOverride, StoreError, CAPABILITY_XATTR};
 
 /// A small rootfs-like tree with every supported kind of entry.
 fn make_tree(dir: &Path) {

@@ -243,6 +243,10 @@ pub enum ImageError {
 
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+
+    /// Creating or renaming a temporary output.
+    #[error(transparent)]
+    Atomic(#[from] kiln_atomic::Error),
 }
 
 impl ImageError {

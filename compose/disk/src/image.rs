@@ -14,6 +14,8 @@ use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use kiln_atomic::{Durability, TempFile};
+
 use crate::error::ImageError;
 use crate::fat::detect_fat_bits;
 use crate::finish;
@@ -139,35 +141,26 @@ pub fn assemble(
     let ids = DiskIds::derive(&opts.content_hash);
 
     let zst_path = suffixed(out, ".zst");
-    let img_tmp = Temp::new(suffixed(out, ".tmp"));
-    let zst_tmp = Temp::new(suffixed(&zst_path, ".tmp"));
-
-    let img = File::options()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&img_tmp.path)
-        .map_err(ImageError::io(&img_tmp.path))?;
+    let img_tmp = TempFile::beside(out)?;
+    let zst_tmp = TempFile::beside(&zst_path)?;
+    let img = img_tmp.file();
     img.set_len(layout.disk_bytes())
-        .map_err(ImageError::io(&img_tmp.path))?;
+        .map_err(ImageError::io(img_tmp.path()))?;
     for (p, size) in layout.partitions.iter().zip(&sizes) {
         if let Content::Image(src) = contents.get(p.role) {
             copy_partition(
                 p.label(),
                 src,
                 *size,
-                &img,
+                img,
                 p.start_bytes(),
                 p.size_bytes(),
-                &img_tmp.path,
+                img_tmp.path(),
             )?;
         }
     }
-    write_partition_table(layout, &ids, &mut &img)?;
-    img.sync_all().map_err(ImageError::io(&img_tmp.path))?;
-
-    let zst = File::create(&zst_tmp.path).map_err(ImageError::io(&zst_tmp.path))?;
+    write_partition_table(layout, &ids, &mut &*img)?;
+    let zst = zst_tmp.file();
     let ranges: Vec<(u64, u64)> = layout
         .partitions
         .iter()
@@ -177,18 +170,17 @@ pub fn assemble(
         .zstd_workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
     let sums = finish::hash_and_compress(
-        &img,
+        img,
         layout.disk_bytes(),
         &ranges,
-        &zst,
+        zst,
         opts.zstd_level,
         workers,
     )
-    .map_err(ImageError::io(&zst_tmp.path))?;
-    zst.sync_all().map_err(ImageError::io(&zst_tmp.path))?;
+    .map_err(ImageError::io(zst_tmp.path()))?;
     let allocated_bytes = img
         .metadata()
-        .map_err(ImageError::io(&img_tmp.path))?
+        .map_err(ImageError::io(img_tmp.path()))?
         .blocks()
         * 512;
 
@@ -200,14 +192,8 @@ pub fn assemble(
         }
         _ => {}
     }
-    img_tmp.commit(out)?;
-    zst_tmp.commit(&zst_path)?;
-    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        // Make the renames durable.
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(ImageError::io(dir))?;
-    }
+    img_tmp.persist(out, Durability::Durable)?;
+    zst_tmp.persist(&zst_path, Durability::Durable)?;
 
     let partitions = layout
         .partitions
@@ -332,32 +318,3 @@ fn suffixed(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// A temporary output, removed on drop unless renamed into place.
-struct Temp {
-    path: PathBuf,
-    committed: bool,
-}
-
-impl Temp {
-    fn new(path: PathBuf) -> Temp {
-        Temp {
-            path,
-            committed: false,
-        }
-    }
-
-    fn commit(mut self, to: &Path) -> Result<(), ImageError> {
-        fs::rename(&self.path, to).map_err(ImageError::io(to))?;
-        self.committed = true;
-        Ok(())
-    }
-}
-
-impl Drop for Temp {
-    fn drop(&mut self) {
-        if !self.committed {
-            // Best effort: the file may not exist yet.
-            let _ = fs::remove_file(&self.path);
-        }
-    }
-}

@@ -6,7 +6,7 @@ use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
-use kiln_cache::ManifestError;
+use kiln_store::ManifestError;
 use kiln_fstree::TreeError;
 
 use crate::caps::CapError;
@@ -117,6 +117,10 @@ pub enum RootfsError {
 
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: io::Error },
+
+    /// Creating or renaming a temporary file.
+    #[error(transparent)]
+    Atomic(#[from] kiln_atomic::Error),
 }
 
 fn wrong_arch(expected: &str, files: &BTreeMap<String, String>) -> String {

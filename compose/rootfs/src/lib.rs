@@ -52,7 +52,7 @@ mod units;
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 
-use kiln_cache::Manifest;
+use kiln_store::Manifest;
 use kiln_fstree::{Kind, Tree};
 
 pub use caps::{encode as encode_capabilities, CapError, FileCaps, CAP_NAMES};

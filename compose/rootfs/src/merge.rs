@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 
-use kiln_cache::{Entry, EntryKind, CAPABILITY_XATTR};
+use kiln_store::{Entry, EntryKind, CAPABILITY_XATTR};
 use kiln_fstree::{Data, Kind, Node};
 
 use crate::caps;

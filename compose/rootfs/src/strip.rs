@@ -23,6 +23,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use kiln_atomic::{Durability, TempFile};
 use kiln_fstree::{Data, Kind, Tree};
 
 use crate::closure::is_skipped;
@@ -124,7 +125,9 @@ fn strip_one(
 ) -> Result<Option<PathBuf>, RootfsError> {
     let name = format!("{}{how}", digest.to_hex());
     let out = work_dir.join(&name);
-    let tmp = work_dir.join(format!("{name}.tmp"));
+    // strip writes the copy itself; it is renamed into place only when
+    // strip succeeded and changed something.
+    let tmp = TempFile::new_in(work_dir, &format!("{name}.tmp-"))?;
     let input = match data {
         Data::Path(p) => p.clone(),
         Data::Bytes(b) => {
@@ -137,14 +140,18 @@ fn strip_one(
         .arg(how)
         .args(COMMON)
         .arg("-o")
-        .arg(&tmp)
+        .arg(tmp.path())
         .arg(&input)
         .stdin(Stdio::null())
         .output();
     if matches!(data, Data::Bytes(_)) {
         fs::remove_file(&input).at(&input)?;
     }
-    let command = format!("{strip} {how} {} -o {}", COMMON.join(" "), tmp.display());
+    let command = format!(
+        "{strip} {how} {} -o {}",
+        COMMON.join(" "),
+        tmp.path().display()
+    );
     let output = result.map_err(|e| RootfsError::Strip {
         path: path.to_string(),
         command: command.clone(),
@@ -152,8 +159,6 @@ fn strip_one(
         stderr: e.to_string(),
     })?;
     if !output.status.success() {
-        // Best effort: the failure is what gets reported.
-        let _ = fs::remove_file(&tmp);
         return Err(RootfsError::Strip {
             path: path.to_string(),
             command,
@@ -161,11 +166,10 @@ fn strip_one(
             stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
         });
     }
-    let stripped = fs::read(&tmp).at(&tmp)?;
+    let stripped = fs::read(tmp.path()).at(tmp.path())?;
     if stripped == bytes {
-        fs::remove_file(&tmp).at(&tmp)?;
         return Ok(None);
     }
-    fs::rename(&tmp, &out).at(&out)?;
+    tmp.persist(&out, Durability::Scratch)?;
     Ok(Some(out))
 }

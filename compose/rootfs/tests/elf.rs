@@ -282,7 +282,7 @@ fn strip_is_deterministic_and_the_result_runs() {
             p.manifest
                 .entries
                 .iter()
-                .filter(|e| matches!(e.kind, kiln_cache::EntryKind::File { .. }))
+                .filter(|e| matches!(e.kind, kiln_store::EntryKind::File { .. }))
                 .map(|e| p.files.join(&e.path))
                 .collect::<Vec<_>>()
         })

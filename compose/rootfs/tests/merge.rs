@@ -4,7 +4,7 @@
 mod common;
 
 use common::{link, mkdir, os, write, Env};
-use kiln_cache::MetaOverride;
+use kiln_store::MetaOverride;
 use kiln_fstree::{Data, Kind};
 use kiln_rootfs::{assemble, encode_capabilities, Options, RootfsError, GENERATED};
 

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Subcommand;
-use kiln_cache::remote::{self, Entry, Fetch, Location, PublicKey, Push, Remote, SecretKey};
-use kiln_cache::{ActionResult, Digest, Store};
+use kiln_remote::{Entry, Fetch, Location, PublicKey, Push, Remote, SecretKey};
+use kiln_store::{ActionResult, Digest, Store};
 use serde::Deserialize;
 
 use super::{board_roots, context, Failure, Session};
@@ -75,7 +75,7 @@ impl Session {
     }
 
     /// The remote's configuration, or `None` when there is no remote.
-    fn remote_config(&self) -> Result<Option<remote::Config>, Failure> {
+    fn remote_config(&self) -> Result<Option<kiln_remote::Config>, Failure> {
         let flags = &self.remote;
         let cfg = &self.config.cache;
         if flags.disabled {
@@ -121,7 +121,7 @@ impl Session {
                 PublicKey::parse(k).map_err(|e| Failure::usage(format!("error: {from}: {e}")))?,
             );
         }
-        Ok(Some(remote::Config {
+        Ok(Some(kiln_remote::Config {
             location,
             read_only: flags.read_only || cfg.read_only,
             signing_key,
@@ -460,15 +460,13 @@ fn pull(s: &Session, board: Option<&str>) -> Result<(), Failure> {
     })
 }
 
-const STATS_FILE: &str = "remote.jsonl";
-
 #[derive(serde::Serialize, Deserialize)]
 struct StatsLine {
     unix: u64,
     command: String,
     remote: String,
     #[serde(flatten)]
-    stats: remote::Snapshot,
+    stats: kiln_remote::Snapshot,
 }
 
 /// Appends what this process did with the remote to the store's log.
@@ -490,7 +488,7 @@ pub(super) fn record_stats(store: &Store, remote: &Remote, command: &str) {
         return;
     };
     text.push('\n');
-    let path = store.logs_dir().join(STATS_FILE);
+    let path = store.remote_stats_path();
     // One write of one line to an O_APPEND file: concurrent builds don't mix lines.
     let _ = std::fs::OpenOptions::new()
         .create(true)
@@ -501,7 +499,7 @@ pub(super) fn record_stats(store: &Store, remote: &Remote, command: &str) {
 
 fn stat(s: &Session) -> Result<(), Failure> {
     let store = s.store()?;
-    let path = store.logs_dir().join(STATS_FILE);
+    let path = store.remote_stats_path();
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
@@ -523,7 +521,7 @@ fn stat(s: &Session) -> Result<(), Failure> {
         );
         return Ok(());
     }
-    let mut total = remote::Snapshot::default();
+    let mut total = kiln_remote::Snapshot::default();
     for l in &lines {
         total.add(&l.stats);
     }
@@ -539,7 +537,7 @@ fn stat(s: &Session) -> Result<(), Failure> {
     Ok(())
 }
 
-fn print_snapshot(label: &str, s: &remote::Snapshot) {
+fn print_snapshot(label: &str, s: &kiln_remote::Snapshot) {
     let lookups = s.hits + s.misses + s.refused;
     let rate = if lookups > 0 {
         100.0 * s.hits as f64 / lookups as f64

@@ -8,8 +8,8 @@ use std::time::Duration;
 mod cache;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use kiln_cache::remote::Remote;
-use kiln_cache::{Root, Store};
+use kiln_remote::Remote;
+use kiln_store::{Root, Store};
 use serde::Deserialize;
 
 use crate::build::{self, Context, Options};

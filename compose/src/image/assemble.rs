@@ -5,7 +5,7 @@ use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use kiln_cache::Digest;
+use kiln_store::Digest;
 use kiln_disk::{PartitionType, Role, TableKind, MIB};
 use kiln_fstree::{Data, Kind, Node, Tree};
 use kiln_rootfs::{OsInfo, Package};
@@ -361,12 +361,12 @@ fn boot_tree(ctx: &Context, inputs: &ImageInputs, os: &OsInfo) -> Result<Tree, I
             };
             let path = format!("/{rel}");
             let node = match e.kind {
-                kiln_cache::EntryKind::Dir => Node::dir(0o755),
-                kiln_cache::EntryKind::File { .. } | kiln_cache::EntryKind::Hardlink { .. } => {
+                kiln_store::EntryKind::Dir => Node::dir(0o755),
+                kiln_store::EntryKind::File { .. } | kiln_store::EntryKind::Hardlink { .. } => {
                     let host = files.join(&e.path);
                     Node::file(Data::Path(host), 0o644)
                 }
-                kiln_cache::EntryKind::Symlink { .. } => {
+                kiln_store::EntryKind::Symlink { .. } => {
                     // FAT has no symlinks: the file the link names is copied.
                     let host = files.join(&e.path);
                     let real = fs::canonicalize(&host).map_err(io_err("resolving", &host))?;

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use kiln_cache::StoreError;
+use kiln_store::StoreError;
 
 /// An image that cannot be made. Every variant says which input is wrong;
 /// [`ImageError::help`] says what to change.

@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use kiln_cache::{ActionResult, Digest};
+use kiln_store::{ActionResult, Digest};
 use serde::Serialize;
 
 use crate::build::{Context, Event, Events, NodeResult};

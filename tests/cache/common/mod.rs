@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use kiln_cache::Store;
+use kiln_store::Store;
 
 /// A store in a fresh temp dir (kept alive by the returned guard).
 pub fn store() -> (tempfile::TempDir, Store) {

@@ -7,7 +7,7 @@ use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use kiln_cache::{MetaOverride, Store};
+use kiln_store::{MetaOverride, Store};
 use kiln_rootfs::{OsInfo, Package};
 
 pub struct Env {

@@ -8,7 +8,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
 use crate::error::{IoContext, StoreError};
-use crate::fsutil;
 use crate::store::Store;
 
 /// What an action produced.
@@ -62,7 +61,7 @@ impl Store {
         })?;
         let dest = self.ac_path(key);
         if let Some(shard) = dest.parent() {
-            fsutil::ensure_dir(shard)?;
+            kiln_atomic::ensure_dir(shard)?;
         }
         self.write_file_atomic(&dest, &json)
     }

@@ -9,8 +9,6 @@ use std::collections::{BTreeMap, HashSet};
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
-use crate::error::StoreError;
-use crate::store::Store;
 
 /// The extended attribute key under which a file capability override is
 /// recorded (as text, e.g. `cap_net_raw+ep`; the image writer encodes it).
@@ -90,15 +88,12 @@ impl Manifest {
 
     /// The canonical encoding whose blake3 is the manifest digest: compact
     /// JSON, fields in declaration order, maps sorted.
-    pub fn to_canonical_json(&self) -> Result<Vec<u8>, StoreError> {
-        serde_json::to_vec(self).map_err(|source| StoreError::Serialize {
-            what: "manifest",
-            source,
-        })
+    pub fn to_canonical_json(&self) -> Result<Vec<u8>, serde_json::Error> {
+        serde_json::to_vec(self)
     }
 
     /// The digest `put_manifest` would return, without storing anything.
-    pub fn digest(&self) -> Result<Digest, StoreError> {
+    pub fn digest(&self) -> Result<Digest, serde_json::Error> {
         Ok(Digest::of(&self.to_canonical_json()?))
     }
 
@@ -190,40 +185,6 @@ pub(crate) fn is_normal_path(p: &str) -> bool {
     !p.is_empty()
         && !p.contains('\0')
         && p.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
-}
-
-impl Store {
-    /// Stores `m` as a blob (canonical JSON) and returns its digest, the
-    /// output hash of a build. Refuses invalid manifests and manifests whose
-    /// file blobs are missing, so a stored manifest always describes a tree
-    /// that could be materialized when it was written.
-    pub fn put_manifest(&self, m: &Manifest) -> Result<Digest, StoreError> {
-        m.validate()?;
-        if let Some(digest) = m.blobs().find(|d| !self.has(d)) {
-            return Err(StoreError::MissingBlob { digest });
-        }
-        self.put_bytes(&m.to_canonical_json()?)
-    }
-
-    /// Reads and validates manifest `d`.
-    pub fn get_manifest(&self, d: &Digest) -> Result<Manifest, StoreError> {
-        self.get_manifest_sized(d).map(|(m, _)| m)
-    }
-
-    /// The manifest and its blob's content size, from one read (a remote
-    /// entry lists both).
-    pub fn get_manifest_sized(&self, d: &Digest) -> Result<(Manifest, u64), StoreError> {
-        let bytes = self.get_bytes(d)?;
-        let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| StoreError::NotAManifest {
-            digest: *d,
-            reason: e.to_string(),
-        })?;
-        m.validate().map_err(|e| StoreError::NotAManifest {
-            digest: *d,
-            reason: e.to_string(),
-        })?;
-        Ok((m, bytes.len() as u64))
-    }
 }
 
 #[cfg(test)]

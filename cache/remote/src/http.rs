@@ -14,9 +14,9 @@ use std::time::Duration;
 use ureq::http::{StatusCode, Uri};
 use ureq::unversioned::transport::DefaultConnector;
 
-use crate::digest::Digest;
-use crate::store::Store;
-use crate::transfer::Staged;
+use kiln_store::Digest;
+use kiln_store::Store;
+use kiln_store::Staged;
 
 use super::backend::{send_stored, Backend, BackendError, Outgoing, TransferError};
 use super::entry::BlobRef;

@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use opendal::{blocking, ErrorKind};
 
-use crate::digest::Digest;
-use crate::store::Store;
-use crate::transfer::{ImportError, Staged};
+use kiln_store::Digest;
+use kiln_store::Store;
+use kiln_store::{ImportError, Staged};
 
 use super::backend::{send_stored, Backend, BackendError, Outgoing, TransferError};
 use super::entry::BlobRef;

@@ -9,16 +9,14 @@
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::digest::Digest;
-use crate::store::Store;
-use crate::transfer::Staged;
+use kiln_atomic::{Durability, TempFile};
+use kiln_store::Digest;
+use kiln_store::Store;
+use kiln_store::Staged;
 
 use super::backend::{send_stored, Backend, BackendError, Outgoing, TransferError};
 use super::entry::BlobRef;
-
-static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 pub struct Dir {
     root: PathBuf,
@@ -39,34 +37,26 @@ impl Dir {
         BackendError::Unavailable(format!("{action} {}: {e}", path.display()))
     }
 
-    /// Writes `dest` atomically from what `fill` writes into a temp file.
+    /// Writes `dest` through a temp file in `<dir>/tmp/` that `fill`
+    /// writes, durably (see kiln-atomic).
     fn write_atomic(
         &self,
         dest: &Path,
         fill: impl FnOnce(&mut File) -> io::Result<u64>,
-    ) -> io::Result<u64> {
+    ) -> Result<u64, BackendError> {
         let tmp_dir = self.root.join("tmp");
         for dir in [tmp_dir.as_path(), dest.parent().unwrap_or(&self.root)] {
-            fs::create_dir_all(dir)?;
+            fs::create_dir_all(dir).map_err(|e| self.err("creating", dir, e))?;
         }
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let tmp = tmp_dir.join(format!(
-            "{}-{}-{n}",
-            std::process::id(),
-            dest.file_name().and_then(|s| s.to_str()).unwrap_or("x")
-        ));
-        let result = (|| {
-            let mut f = File::create(&tmp)?;
-            let len = fill(&mut f)?;
-            f.flush()?;
-            f.sync_all()?;
-            fs::rename(&tmp, dest)?;
-            Ok(len)
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result
+        let mut tmp = TempFile::new_in(&tmp_dir, "put-").map_err(|e| self.atomic_err(e))?;
+        let len = fill(tmp.file_mut()).map_err(|e| self.err("writing", dest, e))?;
+        tmp.persist(dest, Durability::Durable)
+            .map_err(|e| self.atomic_err(e))?;
+        Ok(len)
+    }
+
+    fn atomic_err(&self, e: kiln_atomic::Error) -> BackendError {
+        self.err(e.action, &e.path, e.source)
     }
 }
 
@@ -91,7 +81,6 @@ impl Backend for Dir {
             Ok(doc.len() as u64)
         })
         .map(|_| ())
-        .map_err(|e| self.err("writing", &dest, e))
     }
 
     fn missing(&self, blobs: &[BlobRef]) -> Result<Vec<BlobRef>, BackendError> {
@@ -132,7 +121,7 @@ impl Backend for Dir {
                 Outgoing::Whole(body) => f.write_all(body).map(|()| body.len() as u64),
                 Outgoing::Stream { export, .. } => io::copy(export, f),
             })
-            .map_err(|e| self.err("writing", &dest, e).into())
+            .map_err(TransferError::from)
         })
     }
 }

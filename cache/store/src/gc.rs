@@ -17,7 +17,6 @@ use serde::Serialize;
 
 use crate::digest::Digest;
 use crate::error::{IoContext, StoreError};
-use crate::fsutil;
 use crate::roots::Root;
 use crate::store::{Store, STALE_TMP_AGE};
 
@@ -118,11 +117,11 @@ impl Store {
                 continue;
             };
             if !live_outputs.contains(&d) {
-                report.bytes_freed += fsutil::remove_tree(&entry.path())?;
+                report.bytes_freed += kiln_atomic::remove_tree(&entry.path())?;
                 report.outputs_removed += 1;
             }
         }
-        let swept = fsutil::sweep_stale(&self.tmp_dir(), STALE_TMP_AGE);
+        let swept = kiln_atomic::sweep_stale(&self.tmp_dir(), STALE_TMP_AGE);
         report.tmp_removed = swept.entries;
         report.bytes_freed += swept.bytes;
         Ok(report)

@@ -36,9 +36,9 @@ use sha2::Digest as _;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
-use crate::digest::Digest;
-use crate::store::Store;
-use crate::transfer::Staged;
+use kiln_store::Digest;
+use kiln_store::Store;
+use kiln_store::Staged;
 
 use super::backend::{Addressing, Backend, BackendError, TransferError};
 use super::entry::BlobRef;

@@ -1,13 +1,20 @@
 //! The [`Store`] handle: the on-disk layout, opening, locking and atomic writes.
 //!
+//! Every directory under the root is named and created here, and nowhere
+//! else: the engine asks the store where a log or a work directory goes.
+//!
 //! ```text
-//! <root>/cas/<2 hex>/<64 hex>   zstd blobs named by the blake3 of their uncompressed bytes
-//! <root>/ac/<2 hex>/<64 hex>    action-cache entries (JSON ActionResult)
-//! <root>/outputs/<64 hex>/      materialized output trees
-//! <root>/roots/<name>.json      GC roots
-//! <root>/logs/                  the engine's
-//! <root>/tmp/                   temp files and dirs, renamed into place when complete
-//! <root>/lock                   flock: shared for builds, exclusive for GC
+//! <root>/cas/<2 hex>/<64 hex>     zstd blobs named by the blake3 of their uncompressed bytes
+//! <root>/ac/<2 hex>/<64 hex>      action-cache entries (JSON ActionResult)
+//! <root>/outputs/<64 hex>/        materialized output trees
+//! <root>/roots/<name>.json        GC roots
+//! <root>/inputs/<board>/<node>.json  the last key inputs of a node, for `kiln why`
+//! <root>/logs/<board>/<node>.log  the last log of a node, for `kiln log`
+//! <root>/logs/remote.jsonl        what each command did with the shared cache
+//! <root>/toolchains/<key>.json    memoised toolchain fingerprints
+//! <root>/work/                    build scratch directories
+//! <root>/tmp/                     temp files and dirs, renamed into place when complete
+//! <root>/lock                     flock: shared for builds, exclusive for GC
 //! ```
 //!
 //! Everything is written to `tmp/` first and renamed into place, so a reader
@@ -16,10 +23,27 @@
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
+use kiln_atomic::{Durability, TempFile};
+
 use crate::digest::Digest;
 use crate::error::{IoContext, StoreError};
-use crate::fsutil::{self, TempFile};
 use crate::lock::{LockKind, StoreLock};
+
+/// The store's directories, in the order `open` creates them.
+const DIRS: [&str; 9] = [
+    CAS, AC, OUTPUTS, ROOTS, LOGS, TMP, INPUTS, WORK, TOOLCHAINS,
+];
+const CAS: &str = "cas";
+const AC: &str = "ac";
+const OUTPUTS: &str = "outputs";
+const ROOTS: &str = "roots";
+const LOGS: &str = "logs";
+const TMP: &str = "tmp";
+const INPUTS: &str = "inputs";
+const WORK: &str = "work";
+const TOOLCHAINS: &str = "toolchains";
+/// Under `logs/`: one JSON line per command that used the shared cache.
+const REMOTE_STATS: &str = "remote.jsonl";
 
 /// Temp files untouched for this long belong to a dead process.
 pub(crate) const STALE_TMP_AGE: Duration = Duration::from_secs(60 * 60);
@@ -39,8 +63,8 @@ impl Store {
         let root = root.into();
         std::fs::create_dir_all(&root).ctx("creating store directory", &root)?;
         let store = Store { root };
-        for dir in ["cas", "ac", "outputs", "roots", "logs", "tmp"] {
-            fsutil::ensure_dir(&store.root.join(dir))?;
+        for dir in DIRS {
+            kiln_atomic::ensure_dir(&store.root.join(dir))?;
         }
         let lock = store.lock_path();
         if !lock.exists() {
@@ -51,7 +75,7 @@ impl Store {
                 .open(&lock)
                 .ctx("creating lock file", &lock)?;
         }
-        fsutil::sweep_stale(&store.tmp_dir(), STALE_TMP_AGE);
+        kiln_atomic::sweep_stale(&store.tmp_dir(), STALE_TMP_AGE);
         Ok(store)
     }
 
@@ -81,9 +105,56 @@ impl Store {
         &self.root
     }
 
-    /// Where the engine keeps build logs.
+    /// Where node logs are kept, one directory per board.
     pub fn logs_dir(&self) -> PathBuf {
-        self.root.join("logs")
+        self.root.join(LOGS)
+    }
+
+    /// The last log of `node` built for `board`.
+    pub fn log_path(&self, board: &str, node: &str) -> PathBuf {
+        self.logs_dir().join(board).join(format!("{node}.log"))
+    }
+
+    /// Boards that have logs, sorted.
+    pub fn boards_with_logs(&self) -> Vec<String> {
+        let mut boards: Vec<String> = std::fs::read_dir(self.logs_dir())
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.path().is_dir())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        boards.sort();
+        boards
+    }
+
+    /// The key inputs of the last build (or cache hit) of `node` for `board`.
+    pub fn inputs_path(&self, board: &str, node: &str) -> PathBuf {
+        self.root.join(INPUTS).join(board).join(format!("{node}.json"))
+    }
+
+    /// A memoised toolchain fingerprint, named by the hash of what it was
+    /// computed from.
+    pub fn toolchain_memo_path(&self, memo_key: &str) -> PathBuf {
+        self.root.join(TOOLCHAINS).join(format!("{memo_key}.json"))
+    }
+
+    /// The shared cache's statistics, appended to by every command that used it.
+    pub fn remote_stats_path(&self) -> PathBuf {
+        self.logs_dir().join(REMOTE_STATS)
+    }
+
+    /// Where builds get their scratch directories.
+    pub fn work_dir(&self) -> PathBuf {
+        self.root.join(WORK)
+    }
+
+    /// A fresh temp file in the store's `tmp/` (same filesystem as the
+    /// blobs, and swept if its writer is killed), for data that is then
+    /// put into the store.
+    pub fn scratch_file(&self, prefix: &str) -> Result<TempFile, StoreError> {
+        self.temp_file(prefix)
     }
 
     /// Shared lock held by builds for their duration so GC can't delete what
@@ -120,7 +191,7 @@ impl Store {
         use std::io::Write;
         let tmp = self.temp_file("w-")?;
         tmp.file().write_all(bytes).ctx("writing", tmp.path())?;
-        tmp.persist(dest)
+        Ok(tmp.persist(dest, Durability::Durable)?)
     }
 
     fn resolve_inside(&self, path: &Path) -> Result<PathBuf, StoreError> {
@@ -142,11 +213,11 @@ impl Store {
     }
 
     pub(crate) fn temp_file(&self, prefix: &str) -> Result<TempFile, StoreError> {
-        TempFile::create_in(&self.tmp_dir(), prefix)
+        Ok(TempFile::new_in(&self.tmp_dir(), prefix)?)
     }
 
     pub(crate) fn tmp_dir(&self) -> PathBuf {
-        self.root.join("tmp")
+        self.root.join(TMP)
     }
 
     pub(crate) fn lock_path(&self) -> PathBuf {
@@ -154,19 +225,19 @@ impl Store {
     }
 
     pub(crate) fn cas_dir(&self) -> PathBuf {
-        self.root.join("cas")
+        self.root.join(CAS)
     }
 
     pub(crate) fn ac_dir(&self) -> PathBuf {
-        self.root.join("ac")
+        self.root.join(AC)
     }
 
     pub(crate) fn outputs_dir(&self) -> PathBuf {
-        self.root.join("outputs")
+        self.root.join(OUTPUTS)
     }
 
     pub(crate) fn roots_dir(&self) -> PathBuf {
-        self.root.join("roots")
+        self.root.join(ROOTS)
     }
 
     /// `<dir>/<first 2 hex>/<64 hex>`: sharding keeps directories small.
@@ -215,7 +286,7 @@ mod tests {
     fn open_creates_layout() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path().join("deep/store")).unwrap();
-        for d in ["cas", "ac", "outputs", "roots", "logs", "tmp"] {
+        for d in DIRS {
             assert!(store.root().join(d).is_dir(), "{d}");
         }
         assert!(store.root().join("lock").is_file());

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use crate::digest::Digest;
 use crate::error::{IoContext, StoreError};
-use crate::fsutil::{self, TempFile};
+use kiln_atomic::{Durability, TempFile};
 use crate::stamp;
 use crate::store::Store;
 
@@ -181,16 +181,12 @@ impl Store {
     /// file next to `dest` (so the rename stays on one filesystem) and only a
     /// verified, fsynced file is renamed into place.
     pub fn copy_to(&self, d: &Digest, dest: &Path) -> Result<(), StoreError> {
-        let dir = match dest.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        let tmp = TempFile::create_in(dir, ".kiln-tmp-")?;
+        let tmp = TempFile::beside(dest)?;
         let mut out = io::BufWriter::with_capacity(BUF_SIZE, tmp.file());
         self.decode_verified(d, |chunk| out.write_all(chunk).ctx("writing", tmp.path()))?;
         out.flush().ctx("writing", tmp.path())?;
         drop(out);
-        tmp.persist(dest)
+        Ok(tmp.persist(dest, Durability::Durable)?)
     }
 
     /// Streams the decompressed content of blob `d` to `sink`, then checks
@@ -262,9 +258,9 @@ impl Store {
     pub(crate) fn install_blob(&self, tmp: TempFile, d: &Digest) -> Result<(), StoreError> {
         let dest = self.blob_path(d);
         if let Some(shard) = dest.parent() {
-            fsutil::ensure_dir(shard)?;
+            kiln_atomic::ensure_dir(shard)?;
         }
-        tmp.persist(&dest)
+        Ok(tmp.persist(&dest, Durability::Durable)?)
     }
 }
 

@@ -14,7 +14,7 @@ use std::io::{self, BufWriter, Read, Write};
 
 use crate::digest::Digest;
 use crate::error::{IoContext, StoreError};
-use crate::fsutil::{self, TempFile};
+use kiln_atomic::{Durability, TempFile};
 use crate::stamp;
 use crate::store::Store;
 
@@ -22,7 +22,7 @@ const BUF_SIZE: usize = 256 << 10;
 /// Blobs stored in up to this many bytes are uploaded from memory, read
 /// and checked whole (`Store::with_compressed`); bigger ones stream
 /// through an [`Export`] (see `remote::backend::send_stored`).
-pub(crate) const SEND_WHOLE: u64 = 4 << 20;
+pub const SEND_WHOLE: u64 = 4 << 20;
 /// The store's zstd level (see `cas`); raw imports compress with it too.
 const ZSTD_LEVEL: i32 = 3;
 
@@ -186,7 +186,7 @@ impl Store {
         if staged.is_empty() {
             return Ok(());
         }
-        fsutil::syncfs(&self.tmp_dir())?;
+        kiln_atomic::syncfs(&self.tmp_dir())?;
         for s in staged {
             let dest = self.blob_path(&s.digest);
             if let Some(shard) = dest.parent() {
@@ -197,9 +197,9 @@ impl Store {
                     Err(e) => return Err(e).ctx("creating directory", shard),
                 }
             }
-            s.tmp.persist_synced(&dest)?;
+            s.tmp.persist(&dest, Durability::Scratch)?;
         }
-        fsutil::syncfs(&self.tmp_dir())
+        Ok(kiln_atomic::syncfs(&self.tmp_dir())?)
     }
 
     /// The stored (compressed) size of blob `d`: what an upload of its zstd

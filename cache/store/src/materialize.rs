@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 use crate::digest::Digest;
 use crate::error::{IoContext, StoreError};
-use crate::fsutil::{self, TempDir};
+use kiln_atomic::TempDir;
 use crate::manifest::{EntryKind, Manifest};
 use crate::store::Store;
 
@@ -37,9 +37,9 @@ impl Store {
             return Ok(dest);
         }
         let m = self.get_manifest(d)?;
-        let tmp = TempDir::create_in(&self.tmp_dir(), "out-")?;
+        let tmp = TempDir::new_in(&self.tmp_dir(), "out-")?;
         self.extract(d, &m, tmp.path())?;
-        fsutil::syncfs(tmp.path())?;
+        kiln_atomic::syncfs(tmp.path())?;
         tmp.persist(&dest)?;
         Ok(dest)
     }

@@ -64,7 +64,7 @@ impl StoreLock {
             LockKind::Shared => libc::LOCK_SH,
             LockKind::Exclusive => libc::LOCK_EX,
         };
-        if !try_flock(&file, op).ctx("locking", path)? {
+        if !kiln_atomic::try_flock(&file, op).ctx("locking", path)? {
             return Ok(None);
         }
         Ok(Some(StoreLock {
@@ -100,11 +100,4 @@ pub(crate) fn flock(file: &File, op: libc::c_int) -> io::Result<()> {
     }
 }
 
-/// Non-blocking flock: `Ok(false)` when the lock is held elsewhere.
-pub(crate) fn try_flock(file: &File, op: libc::c_int) -> io::Result<bool> {
-    match flock(file, op | libc::LOCK_NB) {
-        Ok(()) => Ok(true),
-        Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(false),
-        Err(e) => Err(e),
-    }
-}
+

@@ -2,9 +2,9 @@
 //! store entry documents by key and blobs by digest, say which blobs it
 //! lacks, and move blobs in and out of the local store.
 
-use crate::digest::Digest;
-use crate::store::Store;
-use crate::transfer::{Export, ImportError, Staged, SEND_WHOLE};
+use kiln_store::Digest;
+use kiln_store::Store;
+use kiln_store::{Export, ImportError, Staged, SEND_WHOLE};
 
 use super::entry::BlobRef;
 
@@ -29,7 +29,7 @@ pub enum TransferError {
     #[error("blob {digest}: {reason}")]
     Refused { digest: Digest, reason: String },
     #[error(transparent)]
-    Store(#[from] crate::StoreError),
+    Store(#[from] kiln_store::StoreError),
 }
 
 impl TransferError {

@@ -25,11 +25,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::ac::ActionResult;
-use crate::digest::Digest;
-use crate::manifest::EntryKind;
-use crate::store::Store;
-use crate::StoreError;
+use kiln_store::ActionResult;
+use kiln_store::Digest;
+use kiln_store::EntryKind;
+use kiln_store::Store;
+use kiln_store::StoreError;
 
 pub use backend::{Addressing, Backend, BackendError, TransferError};
 pub use entry::{BlobRef, Entry, PublicKey, SecretKey, SignedEntry, SCHEMA};

@@ -101,6 +101,16 @@ pub enum StoreError {
     },
 }
 
+impl From<kiln_atomic::Error> for StoreError {
+    fn from(e: kiln_atomic::Error) -> StoreError {
+        StoreError::Io {
+            action: e.action,
+            path: e.path,
+            source: e.source,
+        }
+    }
+}
+
 /// Attaches an action and a path to `io::Error`s.
 pub(crate) trait IoContext<T> {
     fn ctx(self, action: &'static str, path: &Path) -> Result<T, StoreError>;

@@ -10,8 +10,8 @@
 //! a temp file that is ignored and later cleaned up.
 //!
 //! ```no_run
-//! # fn main() -> Result<(), kiln_cache::StoreError> {
-//! use kiln_cache::{ActionResult, Digest, Store};
+//! # fn main() -> Result<(), kiln_store::StoreError> {
+//! use kiln_store::{ActionResult, Digest, Store};
 //! let store = Store::open(Store::default_root()?)?;
 //! let _build = store.lock_shared()?;
 //! let key = Digest::of(b"everything that influences the build");
@@ -27,13 +27,12 @@ mod ac;
 mod cas;
 mod digest;
 mod error;
-mod fsutil;
 mod gc;
 mod ingest;
 mod lock;
 mod manifest;
+mod manifests;
 mod materialize;
-pub mod remote;
 mod roots;
 mod stamp;
 mod store;
@@ -47,4 +46,4 @@ pub use lock::{LockKind, StoreLock};
 pub use manifest::{Entry, EntryKind, Manifest, ManifestError, MetaOverride, CAPABILITY_XATTR};
 pub use roots::Root;
 pub use store::Store;
-pub use transfer::{Export, ImportError, Staged};
+pub use transfer::{Export, ImportError, Staged, SEND_WHOLE};

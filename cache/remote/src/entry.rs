@@ -13,7 +13,7 @@ use std::path::Path;
 use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
-use crate::digest::Digest;
+use kiln_store::Digest;
 
 /// Bumped when the signed bytes change meaning.
 pub const SCHEMA: &str = "kiln-remote-entry/1";
