@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use kiln::fetch::{self, FetchError, Fetcher, Mirror};
-use kiln::model::SourceHash;
+use kiln_fetch::{self as fetch, FetchError, Fetcher, Mirror};
+use kiln_model::SourceHash;
 use kiln_store::Store;
 use sha2::Digest as _;
 

@@ -230,8 +230,7 @@ fn tampered_entries_and_blobs_are_refused_by_name_and_rebuilt() {
         .expect("a file blob")
         .clone();
     let resign = |doc: serde_json::Value, key: &SecretKey| -> Vec<u8> {
-        let e: kiln_remote::Entry =
-            serde_json::from_value(doc["entry"].clone()).expect("entry");
+        let e: kiln_remote::Entry = serde_json::from_value(doc["entry"].clone()).expect("entry");
         key.sign(e).to_json()
     };
     let flip = |path: &Path, at: usize| {

@@ -17,7 +17,9 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use kiln::sandbox::{self, Bind, Outcome, SandboxError, SandboxSpec, SandboxStep, HELPER_ARG};
+use kiln_sandbox::{
+    self as sandbox, Bind, Outcome, SandboxError, SandboxSpec, SandboxStep, HELPER_ARG,
+};
 
 extern "C" fn helper_hook() {
     let args: Vec<_> = std::env::args_os().collect();

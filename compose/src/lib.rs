@@ -1,24 +1,11 @@
-//! Kiln's engine: recipes and boards in, a content-addressed build graph out,
-//! built in sandboxes into the store.
+//! The `kiln` command line, over the stages that do the work:
 //!
-//! Data flows one way through these modules:
-//! `dsl` (Rhai → `model`) → `graph` (petgraph DAG) → `key` (content
-//! addresses) → `build` (scheduler, `fetch`, `sandbox`) → `kiln_store::Store`.
-//! See ARCHITECTURE.md for the invariants.
+//! `kiln-dsl` (Rhai → `kiln-model`) → `kiln-rules` (the plan and each
+//! node's rule) → `kiln-engine` (keys, the scheduler, the shared cache) →
+//! `kiln-store`; the rules build with `kiln-fetch`, `kiln-sandbox` and
+//! `kiln-image`. This crate parses arguments, renders events and prints
+//! results. See ARCHITECTURE.md for the data flow and the invariants.
 
-pub mod build;
 pub mod cli;
-pub mod diag;
-pub mod dsl;
-pub mod fetch;
-pub mod graph;
-pub mod hashing;
-pub mod image;
-pub mod key;
-pub mod mkfs;
-pub mod model;
 pub mod progress;
-pub mod remote;
-pub mod run;
-pub mod sandbox;
-pub mod toolchain;
+pub mod qemu;

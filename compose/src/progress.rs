@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::build::{Event, Events};
+use kiln_engine::{Event, Events};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {

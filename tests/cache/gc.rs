@@ -220,6 +220,23 @@ fn gc_removes_stale_tmp_but_not_fresh() {
 }
 
 #[test]
+fn gc_removes_the_scratch_directories_of_killed_builds() {
+    let (_t, store) = store();
+    let left = store.work_dir().join("busybox-0123456789ab-4242");
+    fs::create_dir_all(left.join("out/usr")).unwrap();
+    write(&left.join("build.log"), b"==> [step 1/3] configure", 0o644);
+    fs::set_permissions(
+        left.join("out/usr"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o555),
+    )
+    .unwrap();
+    let report = store.gc(DAY).unwrap();
+    assert_eq!(report.tmp_removed, 1);
+    assert!(!left.exists());
+    assert!(store.work_dir().is_dir(), "the work directory itself stays");
+}
+
+#[test]
 fn roots_round_trip_and_names_are_checked() {
     let (_t, store) = store();
     let r = Root {

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 
 use kiln_atomic::{Durability, TempFile};
 use kiln_store::Digest;
-use kiln_store::Store;
 use kiln_store::Staged;
+use kiln_store::Store;
 
 use super::backend::{send_stored, Backend, BackendError, Outgoing, TransferError};
 use super::entry::BlobRef;

@@ -15,8 +15,8 @@ use ureq::http::{StatusCode, Uri};
 use ureq::unversioned::transport::DefaultConnector;
 
 use kiln_store::Digest;
-use kiln_store::Store;
 use kiln_store::Staged;
+use kiln_store::Store;
 
 use super::backend::{send_stored, Backend, BackendError, Outgoing, TransferError};
 use super::entry::BlobRef;

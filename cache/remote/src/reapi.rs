@@ -37,8 +37,8 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 use kiln_store::Digest;
-use kiln_store::Store;
 use kiln_store::Staged;
+use kiln_store::Store;
 
 use super::backend::{Addressing, Backend, BackendError, TransferError};
 use super::entry::BlobRef;

@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 
 use crate::digest::Digest;
 use crate::error::{IoContext, StoreError};
-use kiln_atomic::{Durability, TempFile};
 use crate::stamp;
 use crate::store::Store;
+use kiln_atomic::{Durability, TempFile};
 
 /// zstd level: level 3 is zstd's default; higher levels cost far more CPU
 /// than they save in disk for build outputs.

@@ -3,7 +3,8 @@
 //! Mark: everything reachable from the roots young enough to keep (their
 //! action-cache entries, the manifests and logs those name, the file blobs
 //! of those manifests). Sweep: every blob, action-cache entry and
-//! materialized output not marked, stale temp files, and the expired roots.
+//! materialized output not marked, stale temp files, the scratch
+//! directories of killed builds, and the expired roots.
 //! Runs under the exclusive lock, so no build is mid-way through writing
 //! something that no root mentions yet.
 
@@ -124,6 +125,14 @@ impl Store {
         let swept = kiln_atomic::sweep_stale(&self.tmp_dir(), STALE_TMP_AGE);
         report.tmp_removed = swept.entries;
         report.bytes_freed += swept.bytes;
+        // Under the exclusive lock no build is running, so every scratch
+        // directory left in work/ belongs to a build that was killed.
+        let work = self.work_dir();
+        for entry in fs::read_dir(&work).ctx("reading directory", &work)? {
+            let entry = entry.ctx("reading directory", &work)?;
+            report.bytes_freed += kiln_atomic::remove_tree(&entry.path())?;
+            report.tmp_removed += 1;
+        }
         Ok(report)
     }
 }

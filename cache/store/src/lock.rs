@@ -99,5 +99,3 @@ pub(crate) fn flock(file: &File, op: libc::c_int) -> io::Result<()> {
         }
     }
 }
-
-

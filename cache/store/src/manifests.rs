@@ -7,10 +7,11 @@ use crate::manifest::Manifest;
 use crate::store::Store;
 
 fn encode(m: &Manifest) -> Result<Vec<u8>, StoreError> {
-    m.to_canonical_json().map_err(|source| StoreError::Serialize {
-        what: "manifest",
-        source,
-    })
+    m.to_canonical_json()
+        .map_err(|source| StoreError::Serialize {
+            what: "manifest",
+            source,
+        })
 }
 
 impl Store {
@@ -46,4 +47,3 @@ impl Store {
         Ok((m, bytes.len() as u64))
     }
 }
-

@@ -9,9 +9,9 @@ use rayon::prelude::*;
 
 use crate::digest::Digest;
 use crate::error::{IoContext, StoreError};
-use kiln_atomic::TempDir;
 use crate::manifest::{EntryKind, Manifest};
 use crate::store::Store;
+use kiln_atomic::TempDir;
 
 impl Store {
     /// Where manifest `d` is (or would be) materialized.

@@ -30,9 +30,7 @@ use crate::error::{IoContext, StoreError};
 use crate::lock::{LockKind, StoreLock};
 
 /// The store's directories, in the order `open` creates them.
-const DIRS: [&str; 9] = [
-    CAS, AC, OUTPUTS, ROOTS, LOGS, TMP, INPUTS, WORK, TOOLCHAINS,
-];
+const DIRS: [&str; 9] = [CAS, AC, OUTPUTS, ROOTS, LOGS, TMP, INPUTS, WORK, TOOLCHAINS];
 const CAS: &str = "cas";
 const AC: &str = "ac";
 const OUTPUTS: &str = "outputs";
@@ -131,7 +129,10 @@ impl Store {
 
     /// The key inputs of the last build (or cache hit) of `node` for `board`.
     pub fn inputs_path(&self, board: &str, node: &str) -> PathBuf {
-        self.root.join(INPUTS).join(board).join(format!("{node}.json"))
+        self.root
+            .join(INPUTS)
+            .join(board)
+            .join(format!("{node}.json"))
     }
 
     /// A memoised toolchain fingerprint, named by the hash of what it was

@@ -14,9 +14,9 @@ use std::io::{self, BufWriter, Read, Write};
 
 use crate::digest::Digest;
 use crate::error::{IoContext, StoreError};
-use kiln_atomic::{Durability, TempFile};
 use crate::stamp;
 use crate::store::Store;
+use kiln_atomic::{Durability, TempFile};
 
 const BUF_SIZE: usize = 256 << 10;
 /// Blobs stored in up to this many bytes are uploaded from memory, read

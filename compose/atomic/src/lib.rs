@@ -227,7 +227,9 @@ pub fn hard_link(from: &Path, dest: &Path, durability: Durability) -> Result<()>
 
 /// Puts a symlink to `target` at `dest`, replacing what is there.
 pub fn symlink(target: &Path, dest: &Path, durability: Durability) -> Result<()> {
-    replace_with(dest, durability, |tmp| std::os::unix::fs::symlink(target, tmp))
+    replace_with(dest, durability, |tmp| {
+        std::os::unix::fs::symlink(target, tmp)
+    })
 }
 
 /// Makes a directory entry at a fresh name beside `dest` with `make`, then

@@ -50,7 +50,19 @@ fn main() -> Result<(), Box<dyn Error>> {
         }
     };
 
-    let layout = LayoutSpec::balena_defaults(TableKind::Mbr).compute()?;
+    // The balenaOS sizes (the image's policy, kiln_image::policy).
+    let layout = LayoutSpec {
+        table: TableKind::Mbr,
+        gap_bytes: 4 * MIB,
+        alignment_bytes: 4 * MIB,
+        boot_bytes: 40 * MIB,
+        root_bytes: 320 * MIB,
+        state_bytes: 20 * MIB,
+        data_bytes: 192 * MIB,
+        disk_bytes: None,
+        boot_fat: None,
+    }
+    .compute()?;
     let mut tree = Tree::new();
     tree.mkdir_p("/overlays")?;
     tree.insert(

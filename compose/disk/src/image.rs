@@ -317,4 +317,3 @@ fn suffixed(path: &Path, suffix: &str) -> PathBuf {
     s.push(suffix);
     PathBuf::from(s)
 }
-

@@ -26,6 +26,8 @@
 //! written) rejects overlaps, partitions outside the disk, misalignment,
 //! and MBR entries beyond 32-bit sector numbers.
 
+use serde::Serialize;
+
 use crate::error::LayoutError;
 use crate::fat::FatKind;
 use crate::guid::Guid;
@@ -42,10 +44,21 @@ const GPT_TABLE_SECTORS: u64 = 1 + 32;
 /// The largest sector number or count an MBR entry can hold.
 const MBR_MAX: u64 = u32::MAX as u64;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum TableKind {
     Mbr,
     Gpt,
+}
+
+impl TableKind {
+    /// `mbr` or `gpt`, as boards and manifests write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            TableKind::Mbr => "mbr",
+            TableKind::Gpt => "gpt",
+        }
+    }
 }
 
 /// What a partition is for.
@@ -168,7 +181,8 @@ pub struct Layout {
 }
 
 /// The plain description a layout is computed from. All sizes in bytes.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Serializes (field order fixed) as part of the image key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct LayoutSpec {
     pub table: TableKind,
     /// Space before p1, for a raw bootloader (GRUB core.img, U-Boot SPL).
@@ -194,22 +208,6 @@ pub struct LayoutSpec {
 }
 
 impl LayoutSpec {
-    /// balenaOS defaults: 4 MiB gap and alignment, boot 40 MiB, roots
-    /// 320 MiB, state 20 MiB, data 192 MiB.
-    pub fn balena_defaults(table: TableKind) -> LayoutSpec {
-        LayoutSpec {
-            table,
-            gap_bytes: 4 * MIB,
-            alignment_bytes: 4 * MIB,
-            boot_bytes: 40 * MIB,
-            root_bytes: 320 * MIB,
-            state_bytes: 20 * MIB,
-            data_bytes: 192 * MIB,
-            disk_bytes: None,
-            boot_fat: None,
-        }
-    }
-
     pub fn compute(&self) -> Result<Layout, LayoutError> {
         if self.alignment_bytes == 0 || self.alignment_bytes % SECTOR != 0 {
             return Err(LayoutError::BadAlignment {
@@ -612,9 +610,24 @@ impl Layout {
 mod tests {
     use super::*;
 
+    /// The balenaOS sizes (the image's policy) as a fixture.
+    fn balena(table: TableKind) -> LayoutSpec {
+        LayoutSpec {
+            table,
+            gap_bytes: 4 * MIB,
+            alignment_bytes: 4 * MIB,
+            boot_bytes: 40 * MIB,
+            root_bytes: 320 * MIB,
+            state_bytes: 20 * MIB,
+            data_bytes: 192 * MIB,
+            disk_bytes: None,
+            boot_fat: None,
+        }
+    }
+
     #[test]
     fn sizes_round_up_to_the_alignment() {
-        let mut spec = LayoutSpec::balena_defaults(TableKind::Gpt);
+        let mut spec = balena(TableKind::Gpt);
         spec.boot_bytes = 40 * MIB + 1;
         spec.gap_bytes = 1;
         let l = spec.compute().unwrap();
@@ -625,11 +638,11 @@ mod tests {
 
     #[test]
     fn zero_sizes_and_bad_alignment_are_errors() {
-        let mut spec = LayoutSpec::balena_defaults(TableKind::Mbr);
+        let mut spec = balena(TableKind::Mbr);
         spec.state_bytes = 0;
         let e = spec.compute().unwrap_err();
         assert!(matches!(e, LayoutError::ZeroSize { ref label } if label == "resin-state"));
-        let mut spec = LayoutSpec::balena_defaults(TableKind::Mbr);
+        let mut spec = balena(TableKind::Mbr);
         spec.alignment_bytes = 1000;
         assert!(matches!(
             spec.compute(),
@@ -641,9 +654,7 @@ mod tests {
 
     #[test]
     fn mbr_ebrs_are_checked() {
-        let mut l = LayoutSpec::balena_defaults(TableKind::Mbr)
-            .compute()
-            .unwrap();
+        let mut l = balena(TableKind::Mbr).compute().unwrap();
         // Move data's EBR into state.
         let state_end = l.get(Role::State).unwrap().end();
         l.partitions[4].ebr = Some(state_end - 1);
@@ -656,7 +667,7 @@ mod tests {
 
     #[test]
     fn mbr_limit() {
-        let mut spec = LayoutSpec::balena_defaults(TableKind::Mbr);
+        let mut spec = balena(TableKind::Mbr);
         spec.data_bytes = 3 << 40;
         let e = spec.compute().unwrap_err();
         assert!(

@@ -8,7 +8,7 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use common::{read_range, run, sfdisk, sha256};
+use common::{balena_spec, read_range, run, sfdisk, sha256};
 use kiln_disk::{
     assemble, fat, hex, Content, Contents, FatKind, FatOptions, ImageError, ImageOptions, Layout,
     LayoutSpec, Role, TableKind, MIB,
@@ -23,7 +23,7 @@ fn small_spec(table: TableKind) -> LayoutSpec {
         root_bytes: 16 * MIB,
         state_bytes: 8 * MIB,
         data_bytes: 8 * MIB,
-        ..LayoutSpec::balena_defaults(table)
+        ..balena_spec(table)
     }
 }
 
@@ -335,9 +335,7 @@ fn zst_decompresses_to_the_image() {
 #[test]
 fn an_empty_balena_image_is_sparse() {
     let dir = tempfile::tempdir().unwrap();
-    let layout = LayoutSpec::balena_defaults(TableKind::Mbr)
-        .compute()
-        .unwrap();
+    let layout = balena_spec(TableKind::Mbr).compute().unwrap();
     let out = dir.path().join("empty.img");
     let s = assemble(
         &layout,

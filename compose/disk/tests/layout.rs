@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{entry, sfdisk, sparse_file};
+use common::{balena_spec, entry, sfdisk, sparse_file};
 use kiln_disk::{
     write_partition_table, DiskIds, FatKind, Guid, ImageError, LayoutError, LayoutSpec, Role,
     TableKind, MIB,
@@ -21,7 +21,7 @@ fn table_only(spec: &LayoutSpec, hash: u8) -> (tempfile::TempDir, std::path::Pat
 
 #[test]
 fn mbr_with_balena_defaults() {
-    let spec = LayoutSpec::balena_defaults(TableKind::Mbr);
+    let spec = balena_spec(TableKind::Mbr);
     let (_dir, path, ids) = table_only(&spec, 1);
     let (header, parts) = sfdisk(&path);
     assert_eq!(header["label"], "dos");
@@ -69,7 +69,7 @@ fn mbr_with_balena_defaults() {
 
 #[test]
 fn mbr_small_boot_is_fat16() {
-    let mut spec = LayoutSpec::balena_defaults(TableKind::Mbr);
+    let mut spec = balena_spec(TableKind::Mbr);
     spec.boot_bytes = 32 * MIB;
     let (_dir, path, _) = table_only(&spec, 1);
     let (_, parts) = sfdisk(&path);
@@ -83,7 +83,7 @@ fn mbr_small_boot_is_fat16() {
 fn mbr_logical_partitions_beyond_4_gib() {
     // With 2 GiB roots the extended partition and both EBRs lie past
     // 4 GiB, where mbrman's own EBR writer overflows a u32.
-    let mut spec = LayoutSpec::balena_defaults(TableKind::Mbr);
+    let mut spec = balena_spec(TableKind::Mbr);
     spec.root_bytes = 2048 * MIB;
     let (_dir, path, _) = table_only(&spec, 2);
     let (_, parts) = sfdisk(&path);
@@ -99,7 +99,7 @@ fn mbr_logical_partitions_beyond_4_gib() {
 
 #[test]
 fn mbr_disk_size_given() {
-    let mut spec = LayoutSpec::balena_defaults(TableKind::Mbr);
+    let mut spec = balena_spec(TableKind::Mbr);
     // Not a multiple of 4 MiB: the extended partition stops at the last
     // boundary, data keeps its size.
     spec.disk_bytes = Some(1000 * MIB + 12345);
@@ -120,7 +120,7 @@ fn mbr_disk_size_given() {
 
 #[test]
 fn gpt_with_balena_defaults() {
-    let spec = LayoutSpec::balena_defaults(TableKind::Gpt);
+    let spec = balena_spec(TableKind::Gpt);
     let (_dir, path, ids) = table_only(&spec, 4);
     let (header, parts) = sfdisk(&path);
     let disk = std::fs::metadata(&path).unwrap().len() / 512;
@@ -162,7 +162,7 @@ fn gpt_with_balena_defaults() {
 
 #[test]
 fn ids_follow_the_content_hash() {
-    let spec = LayoutSpec::balena_defaults(TableKind::Gpt);
+    let spec = balena_spec(TableKind::Gpt);
     let (_d1, a, _) = table_only(&spec, 5);
     let (_d2, b, _) = table_only(&spec, 5);
     let (_d3, c, _) = table_only(&spec, 6);
@@ -176,9 +176,7 @@ fn ids_follow_the_content_hash() {
 
 #[test]
 fn overlaps_carry_the_numbers() {
-    let mut layout = LayoutSpec::balena_defaults(TableKind::Gpt)
-        .compute()
-        .unwrap();
+    let mut layout = balena_spec(TableKind::Gpt).compute().unwrap();
     // Grow root A by 4 MiB into root B.
     layout.partitions[1].sectors += 8192;
     let e = layout.validate().unwrap_err();
@@ -193,7 +191,7 @@ fn overlaps_carry_the_numbers() {
     );
 
     // A gap of 0 puts the boot partition on the table itself.
-    let mut spec = LayoutSpec::balena_defaults(TableKind::Mbr);
+    let mut spec = balena_spec(TableKind::Mbr);
     spec.gap_bytes = 0;
     let e = spec.compute().unwrap_err();
     assert!(
@@ -202,9 +200,7 @@ fn overlaps_carry_the_numbers() {
     );
 
     // Data running into the backup GPT.
-    let mut layout = LayoutSpec::balena_defaults(TableKind::Gpt)
-        .compute()
-        .unwrap();
+    let mut layout = balena_spec(TableKind::Gpt).compute().unwrap();
     layout.disk_sectors = layout.get(Role::Data).unwrap().end() + 16;
     let e = layout.validate().unwrap_err();
     assert!(
@@ -232,9 +228,7 @@ fn overlaps_carry_the_numbers() {
 
 #[test]
 fn the_output_must_match_the_disk_size() {
-    let layout = LayoutSpec::balena_defaults(TableKind::Gpt)
-        .compute()
-        .unwrap();
+    let layout = balena_spec(TableKind::Gpt).compute().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let f = sparse_file(&dir.path().join("x"), layout.disk_bytes() - 512);
     let e = write_partition_table(&layout, &DiskIds::derive(&[0; 32]), &mut &f).unwrap_err();

@@ -6,8 +6,8 @@ use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
-use kiln_store::ManifestError;
 use kiln_fstree::TreeError;
+use kiln_store::ManifestError;
 
 use crate::caps::CapError;
 

@@ -52,8 +52,8 @@ mod units;
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 
-use kiln_store::Manifest;
 use kiln_fstree::{Kind, Tree};
+use kiln_store::Manifest;
 
 pub use caps::{encode as encode_capabilities, CapError, FileCaps, CAP_NAMES};
 pub use error::{RootfsError, Unresolved};

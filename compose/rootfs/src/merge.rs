@@ -10,8 +10,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 
-use kiln_store::{Entry, EntryKind, CAPABILITY_XATTR};
 use kiln_fstree::{Data, Kind, Node};
+use kiln_store::{Entry, EntryKind, CAPABILITY_XATTR};
 
 use crate::caps;
 use crate::error::RootfsError;

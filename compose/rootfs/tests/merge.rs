@@ -4,9 +4,9 @@
 mod common;
 
 use common::{link, mkdir, os, write, Env};
-use kiln_store::MetaOverride;
 use kiln_fstree::{Data, Kind};
 use kiln_rootfs::{assemble, encode_capabilities, Options, RootfsError, GENERATED};
+use kiln_store::MetaOverride;
 
 fn opts() -> Options {
     Options::default()

@@ -8,15 +8,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Subcommand;
+use kiln_engine::{short, Event, Events};
 use kiln_remote::{Entry, Fetch, Location, PublicKey, Push, Remote, SecretKey};
 use kiln_store::{ActionResult, Digest, Store};
 use serde::Deserialize;
 
-use super::{board_roots, context, Failure, Session};
-use crate::build::{digest_of, Context, Event, Events, NodeResult};
-use crate::image;
+use super::session::{expand_home, Loaded, Roots, Session};
+use super::Failure;
 use crate::progress::human_bytes;
-use crate::remote::short;
 
 #[derive(Subcommand, Debug)]
 pub enum CacheCommand {
@@ -86,12 +85,12 @@ impl Session {
             (None, Some(u)) => (u.clone(), self.cache_setting("url")),
             (None, None) => return Ok(None),
         };
-        let location = Location::parse(&super::expand_home(&url))
+        let location = Location::parse(&expand_home(&url))
             .map_err(|e| Failure::usage(format!("error: {from}: {e}")))?;
         let signing_key = match (&flags.signing_key, &cfg.signing_key) {
             (Some(p), _) => Some((p.clone(), "--signing-key".to_string())),
             (None, Some(p)) => Some((
-                self.project.root.join(super::expand_home(p)),
+                self.project.root.join(expand_home(p)),
                 self.cache_setting("signing_key"),
             )),
             (None, None) => None,
@@ -229,91 +228,49 @@ struct Node {
     key: Digest,
 }
 
-/// Walks the board's nodes in build order, then the image, computing each
-/// key from its dependencies' outputs; `resolve` finds each output (or
+/// Walks the board's nodes (its image included) in build order, keying
+/// each from its dependencies' outputs; `resolve` finds each output (or
 /// not, and then nothing depending on it can be keyed). Returns the nodes
 /// resolved and the names of those that were not.
 fn walk(
-    ctx: &Context,
-    mut resolve: impl FnMut(&str, &Digest) -> Option<Digest>,
+    l: &Loaded,
+    resolve: impl FnMut(&str, &Digest) -> Option<Digest>,
 ) -> (Vec<Node>, Vec<String>) {
-    let mut results: BTreeMap<String, NodeResult> = BTreeMap::new();
+    let walked = kiln_engine::walk(&l.plan, &l.rules, resolve);
     let mut done = Vec::new();
     let mut missing = Vec::new();
-    for name in &ctx.plan.order {
-        let mut deps = BTreeMap::new();
-        let mut complete = true;
-        for d in ctx.plan.build_deps(name) {
-            match results.get(&d).and_then(NodeResult::output) {
-                Some(o) => {
-                    deps.insert(d, o.to_hex());
-                }
-                None => complete = false,
-            }
-        }
-        if !complete {
-            missing.push(name.clone());
-            continue;
-        }
-        let key = digest_of(&ctx.inputs(name, deps));
-        match resolve(name, &key) {
-            Some(output) => {
-                results.insert(
-                    name.clone(),
-                    NodeResult::Cached {
-                        key,
-                        output,
-                        remote: false,
-                    },
-                );
-                done.push(Node {
-                    name: name.clone(),
-                    key,
-                });
-            }
-            None => missing.push(name.clone()),
-        }
-    }
-    if missing.is_empty() {
-        match image::inputs(ctx, &results) {
-            Ok(inputs) => {
-                let key = inputs.key();
-                match resolve(image::NODE, &key) {
-                    Some(_) => done.push(Node {
-                        name: image::NODE.into(),
-                        key,
-                    }),
-                    None => missing.push(image::NODE.into()),
-                }
-            }
-            Err(_) => missing.push(image::NODE.into()),
+    for name in &l.plan.order {
+        match walked.get(name) {
+            Some(w) if w.output.is_some() => done.push(Node {
+                name: name.clone(),
+                key: w.key,
+            }),
+            _ => missing.push(name.clone()),
         }
     }
     (done, missing)
 }
 
-/// Evaluates `board` and runs `f` with its build context and the remote.
+/// Evaluates `board` and runs `f` with its plan, rules and store, and the remote.
 fn with_board(
     s: &Session,
     board: Option<&str>,
-    f: impl FnOnce(&Context, &Remote, &Store, &str) -> Result<(), Failure>,
+    f: impl FnOnce(&Loaded, &Remote, &Store, &str) -> Result<(), Failure>,
 ) -> Result<(), Failure> {
     let board = s.board_name(board)?;
-    let eval = s.evaluate(&board)?;
-    let plan = s.plan(&eval, &board_roots(&eval))?;
-    let store = s.store()?;
+    let loaded = s.load(&board, &Roots::Board { image: true }, false)?;
+    let store = &loaded.store;
     let _lock = store
         .lock_shared()
         .map_err(|e| Failure::usage(format!("error: {e}")))?;
     let remote = s.remote_required()?;
-    let ctx = context(s, &eval, &plan, &store, None)?;
-    let result = f(&ctx, &remote, &store, &board);
-    record_stats(&store, &remote, &format!("cache {board}"));
+    let result = f(&loaded, &remote, store, &board);
+    record_stats(store, &remote, &format!("cache {board}"));
     result
 }
 
 fn push(s: &Session, board: Option<&str>) -> Result<(), Failure> {
-    with_board(s, board, |ctx, remote, store, board| {
+    with_board(s, board, |loaded, remote, store, board| {
         if remote.read_only() {
             return Err(Failure::usage(
                 "error: the remote cache is read-only here (--cache-read-only or [cache] read_only)",
@@ -325,7 +282,7 @@ fn push(s: &Session, board: Option<&str>) -> Result<(), Failure> {
             ));
         }
         let mut local: BTreeMap<Digest, ActionResult> = BTreeMap::new();
-        let (nodes, missing) = walk(ctx, |_, key| {
+        let (nodes, missing) = walk(loaded, |_, key| {
             let r = store.ac_get(key).ok().flatten()?;
             local.insert(*key, r);
             Some(r.output)
@@ -386,13 +343,13 @@ fn push(s: &Session, board: Option<&str>) -> Result<(), Failure> {
 }
 
 fn pull(s: &Session, board: Option<&str>) -> Result<(), Failure> {
-    with_board(s, board, |ctx, remote, store, board| {
+    with_board(s, board, |loaded, remote, store, board| {
         let mut local = 0;
         let mut problems: Vec<String> = Vec::new();
         let mut pending: Vec<(String, Entry)> = Vec::new();
         // Entries first (each gives its node's output, so dependents' keys
         // can be computed), then every missing blob in one parallel pool.
-        let (nodes, missing) = walk(ctx, |name, key| {
+        let (nodes, missing) = walk(loaded, |name, key| {
             if let Ok(Some(r)) = store.ac_get(key) {
                 local += 1;
                 return Some(r.output);

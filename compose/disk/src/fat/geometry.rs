@@ -24,7 +24,7 @@ const FATS: u64 = 2;
 
 /// The FAT variants Kiln writes. FAT12 is left out: no boot partition is
 /// that small, and the reference layout only allows 0x0c and 0x0e.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 pub enum FatKind {
     Fat16,
     Fat32,

@@ -119,3 +119,20 @@ pub fn sparse_file(path: &Path, len: u64) -> File {
     f.set_len(len).unwrap();
     f
 }
+
+/// The balenaOS sizes (the image's policy) as a fixture: 4 MiB gap and
+/// alignment, boot 40 MiB, roots 320 MiB, state 20 MiB, data 192 MiB.
+pub fn balena_spec(table: kiln_disk::TableKind) -> kiln_disk::LayoutSpec {
+    use kiln_disk::MIB;
+    kiln_disk::LayoutSpec {
+        table,
+        gap_bytes: 4 * MIB,
+        alignment_bytes: 4 * MIB,
+        boot_bytes: 40 * MIB,
+        root_bytes: 320 * MIB,
+        state_bytes: 20 * MIB,
+        data_bytes: 192 * MIB,
+        disk_bytes: None,
+        boot_fat: None,
+    }
+}

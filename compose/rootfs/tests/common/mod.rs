@@ -7,8 +7,8 @@ use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use kiln_store::{MetaOverride, Store};
 use kiln_rootfs::{OsInfo, Package};
+use kiln_store::{MetaOverride, Store};
 
 pub struct Env {
     pub dir: tempfile::TempDir,

@@ -1,0 +1,264 @@
+//! The recipe rule: one component built from its sources by its steps, in
+//! a sandbox that sees the toolchain's host paths and its build
+//! dependencies' outputs (at `/deps/<name>`, merged at `/sysroot`).
+
+mod error;
+pub mod key;
+mod sources;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use kiln_engine::{Deps, Exec, Executed, KeyInputs, NodeError, Publish, Rule, LOG_TAIL_LINES};
+use kiln_fetch::{Fetcher, Mirror};
+use kiln_model::{Fingerprint, Recipe, Target};
+use kiln_sandbox::{Bind, Outcome, SandboxSpec, SandboxStep};
+use kiln_store::MetaOverride;
+
+pub use error::RecipeError;
+use key::{RecipeInput, RecipeKey, KEY_SCHEMA};
+
+/// What every recipe of one board builds with.
+pub struct Toolbox {
+    pub target: Target,
+    pub fingerprint: Fingerprint,
+    /// The environment every step starts from (before the recipe's own).
+    pub base_env: BTreeMap<String, String>,
+    /// Host directories mounted read-only in every sandbox.
+    pub host_paths: Vec<PathBuf>,
+    pub mirrors: Vec<Mirror>,
+    pub offline: bool,
+    /// The `kiln` executable, re-run as `kiln __sandbox SPEC` for each build.
+    pub sandbox_helper: PathBuf,
+    /// `out/<board>`: where a requested recipe's output is linked.
+    pub links: PathBuf,
+    /// Print the output path of a requested recipe (`kiln build <recipe>`).
+    pub print_outputs: bool,
+}
+
+pub struct RecipeRule {
+    recipe: Recipe,
+    toolbox: Arc<Toolbox>,
+}
+
+impl RecipeRule {
+    pub fn new(recipe: Recipe, toolbox: Arc<Toolbox>) -> RecipeRule {
+        RecipeRule { recipe, toolbox }
+    }
+
+    /// The environment of every step (base, then the recipe's).
+    fn env(&self) -> BTreeMap<String, String> {
+        let mut env = self.toolbox.base_env.clone();
+        env.extend(self.recipe.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env
+    }
+}
+
+impl Rule for RecipeRule {
+    fn kind(&self) -> &'static str {
+        "recipe"
+    }
+
+    fn key_inputs(&self, deps: &Deps) -> Result<KeyInputs, NodeError> {
+        let key = RecipeKey {
+            schema: KEY_SCHEMA.to_string(),
+            recipe: RecipeInput::of(&self.recipe),
+            target: self.toolbox.target.clone(),
+            toolchain: self.toolbox.fingerprint.clone(),
+            env: self.env(),
+            // Keyed on outputs, not keys: a dependency rebuilt to the same
+            // bytes leaves this key alone (early cutoff).
+            deps: deps
+                .iter()
+                .map(|(name, d)| (name.clone(), d.output.clone()))
+                .collect(),
+        };
+        Ok(KeyInputs::new(KEY_SCHEMA, &key)?)
+    }
+
+    fn execute(&self, exec: &Exec<'_>) -> Result<Executed, NodeError> {
+        let recipe = &self.recipe;
+        let name = &recipe.name;
+        let src = exec.work.join("src");
+        let scratch = exec.work.join("sandbox");
+        for d in [&src, &scratch] {
+            std::fs::create_dir_all(d).map_err(|source| RecipeError::Dir {
+                path: d.clone(),
+                source,
+            })?;
+        }
+        let fetcher = Fetcher::new(
+            exec.store,
+            self.toolbox.mirrors.clone(),
+            self.toolbox.offline,
+        );
+        sources::prepare(recipe, &fetcher, exec.store, &src)?;
+
+        let mut ro_binds: Vec<Bind> = self
+            .toolbox
+            .host_paths
+            .iter()
+            .map(|p| Bind {
+                host: p.clone(),
+                inside: p.clone(),
+            })
+            .collect();
+        let mut sysroot = Vec::new();
+        for (dep, (_, output)) in exec.deps {
+            let path =
+                exec.store
+                    .materialize(output)
+                    .map_err(|source| RecipeError::Materialize {
+                        dep: dep.clone(),
+                        source,
+                    })?;
+            ro_binds.push(Bind {
+                host: path.clone(),
+                inside: PathBuf::from("/deps").join(dep),
+            });
+            sysroot.push(path);
+        }
+        let spec = SandboxSpec {
+            scratch,
+            ro_binds,
+            rw_binds: vec![
+                Bind {
+                    host: src.clone(),
+                    inside: "/build/src".into(),
+                },
+                Bind {
+                    host: exec.out.to_path_buf(),
+                    inside: "/out".into(),
+                },
+            ],
+            sysroot,
+            symlinks: merged_usr_links(),
+            hostname: "kiln".into(),
+            env: self.env(),
+            cwd: "/build/src".into(),
+            steps: recipe
+                .steps
+                .iter()
+                .map(|s| SandboxStep {
+                    name: s.name.clone(),
+                    argv: s.argv.clone(),
+                    env: s.env.clone(),
+                })
+                .collect(),
+            log: exec.log.to_path_buf(),
+        };
+        match kiln_sandbox::run(&spec, &self.toolbox.sandbox_helper, exec.jobserver) {
+            Ok(Outcome::Success) => {}
+            Ok(Outcome::StepFailed {
+                index,
+                name: step,
+                code,
+                signal,
+            }) => {
+                let how = match (code, signal) {
+                    (Some(c), _) => format!("exit code {c}"),
+                    (None, Some(s)) => format!("signal {s}"),
+                    _ => "an unknown status".into(),
+                };
+                let span = recipe
+                    .steps
+                    .get(index)
+                    .map(|s| s.span.to_string())
+                    .unwrap_or_default();
+                return Err(RecipeError::StepFailed {
+                    recipe: name.clone(),
+                    step: index + 1,
+                    of: recipe.steps.len(),
+                    name: step,
+                    span,
+                    how,
+                    log: exec.kept_log.to_path_buf(),
+                    tail: kiln_engine::tail(exec.log, LOG_TAIL_LINES),
+                }
+                .into());
+            }
+            Err(source) => {
+                return Err(RecipeError::Sandbox {
+                    recipe: name.clone(),
+                    source,
+                }
+                .into())
+            }
+        }
+
+        let missing: Vec<String> = recipe
+            .installs
+            .iter()
+            .filter(|p| {
+                std::fs::symlink_metadata(exec.out.join(p.trim_start_matches('/'))).is_err()
+            })
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            return Err(RecipeError::MissingInstalls {
+                recipe: name.clone(),
+                span: recipe.span.to_string(),
+                paths: missing,
+            }
+            .into());
+        }
+        let overrides = recipe
+            .permissions
+            .iter()
+            .map(|p| MetaOverride {
+                path: p.path.trim_start_matches('/').to_string(),
+                mode: p.mode,
+                uid: p.uid,
+                gid: p.gid,
+                caps: p.caps.clone(),
+            })
+            .collect();
+        Ok(Executed {
+            overrides,
+            keep_work: false,
+        })
+    }
+
+    fn describe(&self) -> (&'static str, serde_json::Value) {
+        let value = serde_json::to_value(&self.recipe).unwrap_or(serde_json::Value::Null);
+        ("recipe", value)
+    }
+
+    fn version(&self) -> &str {
+        &self.recipe.version
+    }
+
+    /// `out/<board>/<recipe>` → the output in the store, like Nix's `result`.
+    fn publish(&self, p: &Publish<'_>) -> Result<Vec<String>, NodeError> {
+        let path = p
+            .store
+            .materialize(&p.output)
+            .map_err(|source| RecipeError::Materialize {
+                dep: self.recipe.name.clone(),
+                source,
+            })?;
+        link(&path, &self.toolbox.links.join(&self.recipe.name));
+        Ok(if self.toolbox.print_outputs {
+            vec![path.display().to_string()]
+        } else {
+            Vec::new()
+        })
+    }
+}
+
+/// A convenience link: a failure to make it must not fail the build.
+fn link(target: &Path, link: &Path) {
+    if let Some(parent) = link.parent() {
+        let _ = std::fs::create_dir_all(parent);
+    }
+    let _ = kiln_atomic::symlink(target, link, kiln_atomic::Durability::Scratch);
+}
+
+/// Debian 12 is merged-/usr: `/bin` and friends are symlinks into `/usr`.
+fn merged_usr_links() -> Vec<(PathBuf, PathBuf)> {
+    ["/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"]
+        .iter()
+        .filter_map(|p| std::fs::read_link(p).ok().map(|t| (PathBuf::from(p), t)))
+        .collect()
+}
