@@ -86,7 +86,15 @@ pub fn walk(
 /// `drv:<hash>`, in place of its key and output. They exist before anything
 /// is built; `kiln show` and `kiln graph` print them.
 pub fn derivations(plan: &Plan, rules: &Rules) -> BTreeMap<String, String> {
-    let mut drv: BTreeMap<String, String> = BTreeMap::new();
+    derivation_inputs(plan, rules)
+        .into_iter()
+        .map(|(name, inputs)| (name, inputs.key().to_hex()))
+        .collect()
+}
+
+/// The key inputs the derivation hashes are computed from.
+pub fn derivation_inputs(plan: &Plan, rules: &Rules) -> BTreeMap<String, KeyInputs> {
+    let mut drv: BTreeMap<String, KeyInputs> = BTreeMap::new();
     for name in &plan.order {
         let Some(rule) = rules.get(name) else {
             continue;
@@ -95,7 +103,7 @@ pub fn derivations(plan: &Plan, rules: &Rules) -> BTreeMap<String, String> {
             .build_deps(name)
             .into_iter()
             .map(|d| {
-                let h = format!("drv:{}", drv.get(&d)?);
+                let h = format!("drv:{}", drv.get(&d)?.key().to_hex());
                 Some((
                     d,
                     DepRef {
@@ -107,7 +115,7 @@ pub fn derivations(plan: &Plan, rules: &Rules) -> BTreeMap<String, String> {
             .collect();
         let Some(deps) = deps else { continue };
         if let Ok(inputs) = rule.key_inputs(&deps) {
-            drv.insert(name.clone(), inputs.key().to_hex());
+            drv.insert(name.clone(), inputs);
         }
     }
     drv

@@ -28,7 +28,7 @@ mod work;
 pub use error::EngineError;
 pub use event::{Event, Events};
 pub use graph::{DepKind, GraphError, Plan};
-pub use keys::{derivations, diff, key_of, walk, Change, Walked};
+pub use keys::{derivation_inputs, derivations, diff, key_of, walk, Change, Walked};
 pub use rule::{
     DepRef, Deps, Exec, Executed, Failure, KeyError, KeyInputs, NodeError, Publish, Rule, Rules,
 };

@@ -12,6 +12,9 @@ use kiln_store::StoreError;
 /// Why fetching, unpacking or patching a source failed.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
+    #[error("stored source {digest} is not a Debian package: {reason}")]
+    NotADeb { digest: String, reason: String },
+
     #[error("invalid mirror `{spec}`: {reason}")]
     BadMirror { spec: String, reason: String },
 

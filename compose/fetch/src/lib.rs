@@ -17,4 +17,4 @@ pub use error::{Attempt, Failure, FetchError};
 pub use fetcher::Fetcher;
 pub use mirror::Mirror;
 pub use patch::apply_patches;
-pub use unpack::{copy_file, unpack};
+pub use unpack::{copy_file, unpack, unpack_deb};

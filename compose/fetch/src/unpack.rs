@@ -100,6 +100,51 @@ fn is_v7_tar_header(head: &[u8]) -> bool {
 /// and times are not, since outputs are normalised later anyway.
 pub fn unpack(store: &Store, digest: &Digest, dest: &Path, strip: u32) -> Result<(), FetchError> {
     let label = digest.to_hex();
+    read_blob(store, digest, dest, |blob| {
+        unpack_reader(blob, &label, dest, strip)
+    })
+}
+
+/// Unpacks the stored Debian binary package `digest` into `dest`: its
+/// `data.tar.*` member, as `dpkg-deb --extract` does (no maintainer
+/// scripts run), with the same checks as [`unpack`].
+pub fn unpack_deb(store: &Store, digest: &Digest, dest: &Path) -> Result<(), FetchError> {
+    let label = digest.to_hex();
+    let not_a_deb = |reason: String| FetchError::NotADeb {
+        digest: label.clone(),
+        reason,
+    };
+    read_blob(store, digest, dest, |blob| {
+        let mut archive = ar::Archive::new(blob);
+        let mut data = false;
+        while let Some(entry) = archive.next_entry() {
+            let entry = entry.map_err(|e| not_a_deb(format!("not an ar archive: {e}")))?;
+            if entry.header().identifier().starts_with(b"data.tar") {
+                if data {
+                    return Err(not_a_deb("two data.tar members".into()));
+                }
+                data = true;
+                unpack_reader(entry, &label, dest, 0)?;
+            }
+        }
+        if data {
+            Ok(())
+        } else {
+            Err(not_a_deb("no data.tar member".into()))
+        }
+    })
+}
+
+/// Streams the stored blob `digest` to `read`, hashing it on the way (what
+/// `read` leaves is drained), then checks the hash. Streamed straight from
+/// the compressed blob, so a kernel tarball is never held in memory.
+fn read_blob(
+    store: &Store,
+    digest: &Digest,
+    dest: &Path,
+    read: impl FnOnce(&mut dyn Read) -> Result<(), FetchError>,
+) -> Result<(), FetchError> {
+    let label = digest.to_hex();
     let path = store.blob_path(digest);
     let file = match File::open(&path) {
         Ok(file) => file,
@@ -111,9 +156,6 @@ pub fn unpack(store: &Store, digest: &Digest, dest: &Path, strip: u32) -> Result
         }
         Err(source) => return Err(FetchError::Io { path, source }),
     };
-    // Streamed straight from the compressed blob, so a kernel tarball is
-    // never held in memory; the blob is hashed on the way, as the store's own
-    // reads do.
     let result = zstd::stream::read::Decoder::new(file)
         .map_err(|source| FetchError::Corrupt {
             digest: label.clone(),
@@ -124,7 +166,7 @@ pub fn unpack(store: &Store, digest: &Digest, dest: &Path, strip: u32) -> Result
                 inner: decoder,
                 hasher: blake3::Hasher::new(),
             };
-            unpack_reader(&mut blob, &label, dest, strip)?;
+            read(&mut blob)?;
             // The archive may end before the blob does (tar padding).
             io::copy(&mut blob, &mut io::sink()).map_err(|source| FetchError::Corrupt {
                 digest: label.clone(),
@@ -143,13 +185,15 @@ pub fn unpack(store: &Store, digest: &Digest, dest: &Path, strip: u32) -> Result
         // A damaged blob shows up as an undecodable archive or a wrong hash;
         // let the store verify it, which also removes it so the next fetch
         // downloads it again. If it is intact, the archive itself is broken.
-        Err(err @ FetchError::Corrupt { .. }) => match store.get_bytes(digest) {
-            Err(source) => Err(FetchError::Store {
-                what: format!("unpacking into {}", dest.display()),
-                source,
-            }),
-            Ok(_) => Err(err),
-        },
+        Err(err @ (FetchError::Corrupt { .. } | FetchError::NotADeb { .. })) => {
+            match store.get_bytes(digest) {
+                Err(source) => Err(FetchError::Store {
+                    what: format!("unpacking into {}", dest.display()),
+                    source,
+                }),
+                Ok(_) => Err(err),
+            }
+        }
         other => other,
     }
 }

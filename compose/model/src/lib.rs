@@ -21,7 +21,7 @@ pub use board::{
 pub use diag::{did_you_mean, Diagnostic, Diagnostics};
 pub use fingerprint::{Fingerprint, ToolFingerprint};
 pub use project::{Evaluation, Project};
-pub use recipe::{Patch, Permission, Recipe, Source, SourceHash, Step};
+pub use recipe::{Deb, Patch, Permission, Recipe, Source, SourceHash, Step};
 pub use span::Span;
 
 /// The one epoch of every build step (`SOURCE_DATE_EPOCH`) and of every

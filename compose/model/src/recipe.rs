@@ -119,6 +119,10 @@ pub struct Recipe {
     /// systemd units (file names) the output ships.
     pub units: Vec<String>,
     pub permissions: Vec<Permission>,
+    /// A locked set of Debian binary packages to unpack, in lock order,
+    /// instead of building from sources (a build environment, say). Read
+    /// from the lock file the recipe's `debs` field names.
+    pub debs: Vec<Deb>,
     /// Capabilities a board can require of the recipe (a bootloader's
     /// `ab-boot`, `table:mbr`); checked at evaluation, never hashed.
     pub provides: Vec<String>,
@@ -130,4 +134,16 @@ pub struct Recipe {
     /// Where each dependency name was written, for "missing dependency" errors.
     #[serde(skip)]
     pub dep_spans: BTreeMap<String, Span>,
+}
+
+/// One package of a locked set of Debian binary packages.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deb {
+    pub package: String,
+    pub version: String,
+    /// Debian's architecture name (`amd64`, `arm64`, `all`).
+    pub arch: String,
+    /// Where the archive keeps it; mirrors are tried first, by hash.
+    pub url: String,
+    pub sha256: String,
 }

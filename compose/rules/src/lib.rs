@@ -4,10 +4,12 @@
 //!
 //! - [`recipe::RecipeRule`]: a component built from its sources in a sandbox.
 //! - [`image::ImageRule`]: the board's disk image.
+//! - [`debs::DebsRule`]: a locked set of Debian binary packages, unpacked.
 //!
 //! A new kind of node is a new module here with a type implementing
 //! [`kiln_engine::Rule`], declared by [`plan`] and made by [`rules`].
 
+pub mod debs;
 mod diagnose;
 pub mod image;
 pub mod recipe;
@@ -134,7 +136,11 @@ pub fn rules(
                 &project.root,
             ))
         } else if let Some(r) = eval.recipes.get(name) {
-            Arc::new(RecipeRule::new(r.clone(), toolbox.clone()))
+            if r.debs.is_empty() {
+                Arc::new(RecipeRule::new(r.clone(), toolbox.clone()))
+            } else {
+                Arc::new(debs::DebsRule::new(r.clone(), toolbox.clone()))
+            }
         } else {
             continue;
         };

@@ -22,7 +22,7 @@ fn load_node(s: &Session, node: &str, board: Option<&str>) -> Result<(String, Lo
 
 pub(super) fn show(s: &Session, node: &str, board: Option<&str>) -> CliResult {
     let (_, l) = load_node(s, node, board)?;
-    let drv = kiln_engine::derivations(&l.plan, &l.rules);
+    let drv = kiln_engine::derivation_inputs(&l.plan, &l.rules);
     let keys = local_walk(&l);
     let Some(rule) = l.rules.get(node) else {
         return Err(Failure::usage(format!("error: no node `{node}`")));
@@ -30,16 +30,18 @@ pub(super) fn show(s: &Session, node: &str, board: Option<&str>) -> CliResult {
     let walked = keys.get(node);
     let inputs = match walked {
         Some(w) => w.inputs.value(),
-        // Not keyable yet: the inputs with no dependency results.
+        // Not keyable yet: the inputs with no dependency results, or, for a
+        // node that needs them (the image), those of its derivation.
         None => rule
             .key_inputs(&Default::default())
             .map(|i| i.value())
+            .or_else(|_| drv.get(node).map(|i| i.value()).ok_or(()))
             .unwrap_or(serde_json::Value::Null),
     };
     let (field, data) = rule.describe();
     let mut out = serde_json::json!({
         "board": l.eval.board.name,
-        "derivation": drv.get(node),
+        "derivation": drv.get(node).map(|i| i.key().to_hex()),
         "key": walked.map(|w| w.key.to_hex()),
         "output": walked.and_then(|w| w.output).map(|o| o.to_hex()),
         "build_deps": l.plan.build_deps(node),

@@ -6,6 +6,7 @@
 
 mod board;
 mod fields;
+mod lock;
 mod recipe;
 
 pub use board::{board, target, ARCHES, BOARD_FIELDS, KCONFIG_DIR};

@@ -7,6 +7,7 @@ use kiln_model::{Diagnostic, Patch, Permission, Recipe, Source, SourceHash, Span
 use rhai::{Dynamic, Map};
 
 use super::fields::{abs_paths, as_map, check_env_names, is_hex, sub_fields, type_name, Fields};
+use super::lock;
 use crate::locate::{display_path, FieldPath, Locator, Seg};
 
 pub const RECIPE_FIELDS: &[&str] = &[
@@ -28,6 +29,7 @@ pub const RECIPE_FIELDS: &[&str] = &[
     "units",
     "permissions",
     "provides",
+    "debs",
 ];
 const REMOTE_FIELDS: &[&str] = &[
     "url", "sha256", "blake3", "debian", "strip", "dest", "unpack",
@@ -82,7 +84,28 @@ pub fn recipe(map: &Map, loc: &Locator, files_dir: &Path) -> Result<Recipe, Vec<
     let runtime_deps = deps(&mut f, "runtime_deps");
     let env = f.string_map("env");
     check_env_names(&mut f, "env", &env);
-    if f.get("steps").is_none() {
+    let debs = match f.string("debs") {
+        Some(file) => {
+            let span = f.locator().key(&f.sub("debs"));
+            lock::debs(&mut f, &file, files_dir, span)
+        }
+        None => Vec::new(),
+    };
+    if f.get("debs").is_some() {
+        // A locked package set is unpacked, not built.
+        for field in ["sources", "patches", "steps", "build_deps"] {
+            if f.get(field).is_some() {
+                let p = f.sub(field);
+                f.error(
+                    &p,
+                    format!(
+                        "a recipe with `debs` unpacks its locked packages; it has no `{field}`"
+                    ),
+                    "move the build into another recipe that build-depends on this one",
+                );
+            }
+        }
+    } else if f.get("steps").is_none() {
         f.missing("steps", "an array of commands");
     }
     let mut steps = Vec::new();
@@ -122,6 +145,7 @@ pub fn recipe(map: &Map, loc: &Locator, files_dir: &Path) -> Result<Recipe, Vec<
             units,
             provides,
             permissions,
+            debs,
             span,
             files_dir: files_dir.to_path_buf(),
             dep_spans,

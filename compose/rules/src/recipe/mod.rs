@@ -229,22 +229,31 @@ impl Rule for RecipeRule {
         &self.recipe.version
     }
 
-    /// `out/<board>/<recipe>` → the output in the store, like Nix's `result`.
     fn publish(&self, p: &Publish<'_>) -> Result<Vec<String>, NodeError> {
-        let path = p
-            .store
-            .materialize(&p.output)
-            .map_err(|source| RecipeError::Materialize {
-                dep: self.recipe.name.clone(),
-                source,
-            })?;
-        link(&path, &self.toolbox.links.join(&self.recipe.name));
-        Ok(if self.toolbox.print_outputs {
-            vec![path.display().to_string()]
-        } else {
-            Vec::new()
-        })
+        publish_link(&self.toolbox, &self.recipe.name, p)
     }
+}
+
+/// `out/<board>/<name>` → the output in the store, like Nix's `result`;
+/// the output's path, when the build asked for it by name.
+pub(crate) fn publish_link(
+    toolbox: &Toolbox,
+    name: &str,
+    p: &Publish<'_>,
+) -> Result<Vec<String>, NodeError> {
+    let path = p
+        .store
+        .materialize(&p.output)
+        .map_err(|source| RecipeError::Materialize {
+            dep: name.to_string(),
+            source,
+        })?;
+    link(&path, &toolbox.links.join(name));
+    Ok(if toolbox.print_outputs {
+        vec![path.display().to_string()]
+    } else {
+        Vec::new()
+    })
 }
 
 /// A convenience link: a failure to make it must not fail the build.

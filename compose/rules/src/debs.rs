@@ -1,0 +1,149 @@
+//! The Debian package set rule: a locked set of Debian binary packages
+//! unpacked into one tree, as `dpkg-deb --extract` would (no maintainer
+//! scripts run). The first node kind beyond recipes and images: a build
+//! environment from exact, hash-pinned packages is one of these.
+//!
+//! Its key is the packages' names, versions, architectures and sha256s, in
+//! lock order: the lock names the bytes, so mirrors and URLs don't matter,
+//! and a new package version is a new key for this node and for exactly
+//! the nodes that build with it.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use kiln_engine::{Deps, Exec, Executed, Failure, KeyInputs, NodeError, Publish, Rule};
+use kiln_fetch::{FetchError, Fetcher};
+use kiln_model::{Recipe, SourceHash};
+use serde::Serialize;
+
+use crate::recipe::Toolbox;
+
+/// Bumped when the same lock would unpack to different bytes.
+pub const DEBS_SCHEMA: &str = "kiln-debs-v1";
+
+#[derive(Serialize)]
+struct DebsKey<'a> {
+    name: &'a str,
+    version: &'a str,
+    packages: Vec<DebKey<'a>>,
+}
+
+#[derive(Serialize)]
+struct DebKey<'a> {
+    package: &'a str,
+    version: &'a str,
+    arch: &'a str,
+    sha256: &'a str,
+}
+
+pub struct DebsRule {
+    recipe: Recipe,
+    toolbox: Arc<Toolbox>,
+}
+
+impl DebsRule {
+    pub fn new(recipe: Recipe, toolbox: Arc<Toolbox>) -> DebsRule {
+        DebsRule { recipe, toolbox }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DebsError {
+    #[error("package set `{set}`: {package} {version} ({url}): {source}")]
+    Fetch {
+        set: String,
+        package: String,
+        version: String,
+        url: String,
+        source: FetchError,
+    },
+    #[error("package set `{set}`: cannot write its log: {source}")]
+    Log { set: String, source: std::io::Error },
+}
+
+impl Failure for DebsError {}
+
+impl Rule for DebsRule {
+    fn kind(&self) -> &'static str {
+        "package set"
+    }
+
+    fn key_inputs(&self, _deps: &Deps) -> Result<KeyInputs, NodeError> {
+        let key = DebsKey {
+            name: &self.recipe.name,
+            version: &self.recipe.version,
+            packages: self
+                .recipe
+                .debs
+                .iter()
+                .map(|d| DebKey {
+                    package: &d.package,
+                    version: &d.version,
+                    arch: &d.arch,
+                    sha256: &d.sha256,
+                })
+                .collect(),
+        };
+        Ok(KeyInputs::new(DEBS_SCHEMA, &key)?)
+    }
+
+    fn execute(&self, exec: &Exec<'_>) -> Result<Executed, NodeError> {
+        let set = &self.recipe.name;
+        let fetcher = Fetcher::new(
+            exec.store,
+            self.toolbox.mirrors.clone(),
+            self.toolbox.offline,
+        );
+        let mut log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(exec.log)
+            .map_err(|source| DebsError::Log {
+                set: set.clone(),
+                source,
+            })?;
+        let total = self.recipe.debs.len();
+        for (i, d) in self.recipe.debs.iter().enumerate() {
+            writeln!(
+                log,
+                "==> [step {}/{total}] {} {} ({})",
+                i + 1,
+                d.package,
+                d.version,
+                d.arch
+            )
+            .map_err(|source| DebsError::Log {
+                set: set.clone(),
+                source,
+            })?;
+            let fail = |source| DebsError::Fetch {
+                set: set.clone(),
+                package: d.package.clone(),
+                version: d.version.clone(),
+                url: d.url.clone(),
+                source,
+            };
+            let digest = fetcher
+                .fetch(&d.url, &SourceHash::Sha256(d.sha256.clone()))
+                .map_err(fail)?;
+            kiln_fetch::unpack_deb(exec.store, &digest, exec.out).map_err(fail)?;
+        }
+        Ok(Executed::default())
+    }
+
+    fn describe(&self) -> (&'static str, serde_json::Value) {
+        let value = serde_json::json!({
+            "name": self.recipe.name,
+            "version": self.recipe.version,
+            "debs": self.recipe.debs,
+        });
+        ("package_set", value)
+    }
+
+    fn version(&self) -> &str {
+        &self.recipe.version
+    }
+
+    fn publish(&self, p: &Publish<'_>) -> Result<Vec<String>, NodeError> {
+        crate::recipe::publish_link(&self.toolbox, &self.recipe.name, p)
+    }
+}
