@@ -193,7 +193,7 @@ pub enum FatError {
 
 /// A disk image that cannot be assembled.
 #[derive(Debug, thiserror::Error)]
-pub enum ImageError {
+pub enum DiskError {
     #[error(transparent)]
     Layout(#[from] LayoutError),
 
@@ -249,10 +249,10 @@ pub enum ImageError {
     Atomic(#[from] kiln_atomic::Error),
 }
 
-impl ImageError {
-    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> ImageError {
+impl DiskError {
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> DiskError {
         let path = path.into();
-        move |source| ImageError::Io { path, source }
+        move |source| DiskError::Io { path, source }
     }
 }
 

@@ -8,7 +8,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 
 use gptman::{GPTPartitionEntry, GPT};
 
-use crate::error::ImageError;
+use crate::error::DiskError;
 use crate::ids::DiskIds;
 use crate::layout::{Layout, PartitionType, SECTOR};
 
@@ -20,7 +20,7 @@ pub(crate) fn write<W: Read + Write + Seek>(
     layout: &Layout,
     ids: &DiskIds,
     out: &mut W,
-) -> Result<(), ImageError> {
+) -> Result<(), DiskError> {
     // gptman writes the protective MBR from byte 446 on; clear the boot
     // code and disk signature before it, so nothing stale survives.
     out.seek(SeekFrom::Start(0))

@@ -14,23 +14,23 @@
 //! and partition ids (MBR signature, GPT GUIDs) come from a content hash
 //! the caller passes ([`DiskIds`]), never from a random source.
 
+mod assemble;
 mod error;
 pub mod fat;
 mod finish;
 mod gpt;
 mod guid;
 mod ids;
-mod image;
 mod layout;
 mod mbr;
 mod sparse;
 mod table;
 
-pub use error::{FatError, ImageError, LayoutError};
+pub use assemble::{assemble, hex, Content, Contents, DiskSummary, ImageOptions, PartitionSummary};
+pub use error::{DiskError, FatError, LayoutError};
 pub use fat::{FatKind, FatOptions, FatSummary};
 pub use guid::Guid;
 pub use ids::DiskIds;
-pub use image::{assemble, hex, Content, Contents, DiskSummary, ImageOptions, PartitionSummary};
 pub use layout::{
     Extended, Layout, LayoutSpec, Partition, PartitionType, Role, TableKind, GPT_BOOT_TYPE,
     MBR_EXTENDED_LBA, MBR_FAT16_LBA, MBR_FAT32_LBA, MBR_LINUX, MIB, SECTOR,

@@ -20,7 +20,7 @@ use std::io::{self, Seek, SeekFrom, Write};
 
 use mbrman::{MBRHeader, MBRPartitionEntry, BOOT_ACTIVE, BOOT_INACTIVE, CHS};
 
-use crate::error::{ImageError, LayoutError};
+use crate::error::{DiskError, LayoutError};
 use crate::ids::DiskIds;
 use crate::layout::{Layout, PartitionType, MBR_EXTENDED_LBA, SECTOR};
 
@@ -28,7 +28,7 @@ pub(crate) fn write<W: Write + Seek>(
     layout: &Layout,
     ids: &DiskIds,
     out: &mut W,
-) -> Result<(), ImageError> {
+) -> Result<(), DiskError> {
     let mut header = MBRHeader::new(ids.mbr_signature.to_le_bytes());
     for p in layout.partitions.iter().filter(|p| p.number <= 4) {
         let e = entry(mbr_type(&p.ptype), p.start, p.sectors, p.bootable)?;
@@ -86,11 +86,11 @@ fn entry(
     start: u64,
     sectors: u64,
     bootable: bool,
-) -> Result<MBRPartitionEntry, ImageError> {
+) -> Result<MBRPartitionEntry, DiskError> {
     // Layout::validate already refuses these; this keeps a bug from
     // truncating a number silently.
     let too_big = || {
-        ImageError::Layout(LayoutError::MbrLimit {
+        DiskError::Layout(LayoutError::MbrLimit {
             label: format!("an entry of type {sys:#04x}"),
             start,
             end: start.saturating_add(sectors),

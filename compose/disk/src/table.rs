@@ -2,7 +2,7 @@
 
 use std::io::{Read, Seek, SeekFrom, Write};
 
-use crate::error::ImageError;
+use crate::error::DiskError;
 use crate::ids::DiskIds;
 use crate::layout::{Layout, TableKind};
 use crate::{gpt, mbr};
@@ -15,11 +15,11 @@ pub fn write_partition_table<W: Read + Write + Seek>(
     layout: &Layout,
     ids: &DiskIds,
     out: &mut W,
-) -> Result<(), ImageError> {
+) -> Result<(), DiskError> {
     layout.validate()?;
-    let len_bytes = out.seek(SeekFrom::End(0)).map_err(ImageError::Table)?;
+    let len_bytes = out.seek(SeekFrom::End(0)).map_err(DiskError::Table)?;
     if len_bytes != layout.disk_bytes() {
-        return Err(ImageError::OutputSize {
+        return Err(DiskError::OutputSize {
             len_bytes,
             disk_bytes: layout.disk_bytes(),
         });

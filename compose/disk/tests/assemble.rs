@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use common::{balena_spec, read_range, run, sfdisk, sha256};
 use kiln_disk::{
-    assemble, fat, hex, Content, Contents, FatKind, FatOptions, ImageError, ImageOptions, Layout,
+    assemble, fat, hex, Content, Contents, DiskError, FatKind, FatOptions, ImageOptions, Layout,
     LayoutSpec, Role, TableKind, MIB,
 };
 use kiln_fstree::{Data, Node, Tree};
@@ -376,7 +376,7 @@ fn an_image_too_big_for_its_partition() {
     let out = b.dir.join("kiln.img");
     let e = assemble(&b.layout, &c, &ImageOptions::new([1; 32]), &out).unwrap_err();
     assert!(
-        matches!(&e, ImageError::DoesNotFit { label, image_bytes, partition_bytes, over_bytes: 4096, .. }
+        matches!(&e, DiskError::DoesNotFit { label, image_bytes, partition_bytes, over_bytes: 4096, .. }
             if label == "resin-rootB" && *image_bytes == 16 * MIB + 4096 && *partition_bytes == 16 * MIB),
         "{e}"
     );
@@ -404,7 +404,7 @@ fn the_mbr_type_must_match_the_fat_width() {
     )
     .unwrap_err();
     assert!(
-        matches!(&e, ImageError::BootTypeMismatch { mbr_type: 0x0e, found, .. } if found == "FAT32"),
+        matches!(&e, DiskError::BootTypeMismatch { mbr_type: 0x0e, found, .. } if found == "FAT32"),
         "{e}"
     );
     // And a boot image that is not FAT at all.
@@ -418,7 +418,7 @@ fn the_mbr_type_must_match_the_fat_width() {
     )
     .unwrap_err();
     assert!(
-        matches!(&e, ImageError::BootTypeMismatch { found, .. } if found == "no FAT filesystem"),
+        matches!(&e, DiskError::BootTypeMismatch { found, .. } if found == "no FAT filesystem"),
         "{e}"
     );
 }

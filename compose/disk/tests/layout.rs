@@ -5,7 +5,7 @@ mod common;
 
 use common::{balena_spec, entry, sfdisk, sparse_file};
 use kiln_disk::{
-    write_partition_table, DiskIds, FatKind, Guid, ImageError, LayoutError, LayoutSpec, Role,
+    write_partition_table, DiskError, DiskIds, FatKind, Guid, LayoutError, LayoutSpec, Role,
     TableKind, MIB,
 };
 
@@ -221,7 +221,7 @@ fn overlaps_carry_the_numbers() {
     let f = sparse_file(&dir.path().join("x"), layout.disk_bytes());
     let e = write_partition_table(&layout, &DiskIds::derive(&[0; 32]), &mut &f).unwrap_err();
     assert!(
-        matches!(e, ImageError::Layout(LayoutError::OutsideDisk { .. })),
+        matches!(e, DiskError::Layout(LayoutError::OutsideDisk { .. })),
         "{e}"
     );
 }
@@ -232,5 +232,5 @@ fn the_output_must_match_the_disk_size() {
     let dir = tempfile::tempdir().unwrap();
     let f = sparse_file(&dir.path().join("x"), layout.disk_bytes() - 512);
     let e = write_partition_table(&layout, &DiskIds::derive(&[0; 32]), &mut &f).unwrap_err();
-    assert!(matches!(e, ImageError::OutputSize { .. }), "{e}");
+    assert!(matches!(e, DiskError::OutputSize { .. }), "{e}");
 }

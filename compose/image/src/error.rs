@@ -53,13 +53,19 @@ pub enum ImageError {
     },
 
     #[error("disk image: {0}")]
-    Disk(#[from] kiln_disk::ImageError),
+    Disk(#[from] kiln_disk::DiskError),
 
     #[error("`{path}` goes on the boot partition from both `{first}` and `{second}`")]
     BootConflict {
         path: String,
         first: String,
         second: String,
+    },
+
+    #[error("reading {}: {source}", path.display())]
+    ReadDir {
+        path: PathBuf,
+        source: kiln_fstree::TreeError,
     },
 
     #[error("encoding {what}: {source}")]

@@ -11,6 +11,7 @@ use std::path::Path;
 use kiln_disk::{DiskSummary, LayoutSpec, Role};
 use kiln_fstree::Tree;
 
+use crate::error::ImageError;
 use crate::write;
 
 /// Timestamps in every image: `$SOURCE_DATE_EPOCH`, else Kiln's fixed epoch.
@@ -21,9 +22,12 @@ pub fn epoch() -> u64 {
         .unwrap_or(kiln_model::SOURCE_DATE_EPOCH)
 }
 /// The tree of `dir`, or an empty one.
-fn tree(dir: Option<&Path>) -> Result<Tree, String> {
+fn tree(dir: Option<&Path>) -> Result<Tree, ImageError> {
     match dir {
-        Some(d) => Tree::from_dir(d).map_err(|e| format!("reading {}: {e}", d.display())),
+        Some(d) => Tree::from_dir(d).map_err(|source| ImageError::ReadDir {
+            path: d.to_path_buf(),
+            source,
+        }),
         None => Ok(Tree::new()),
     }
 }
@@ -33,13 +37,13 @@ pub fn erofs(
     out: &Path,
     compression: kiln_erofs::Compression,
     label: Option<String>,
-) -> Result<kiln_erofs::Summary, String> {
+) -> Result<kiln_erofs::Summary, ImageError> {
     let opts = kiln_erofs::Options {
         compression,
         label,
         ..write::root_options(epoch())
     };
-    write::erofs(&tree(Some(dir))?, &opts, out).map_err(|e| e.to_string())
+    write::erofs(&tree(Some(dir))?, &opts, out)
 }
 
 pub fn ext4(
@@ -47,8 +51,8 @@ pub fn ext4(
     out: &Path,
     size_bytes: u64,
     label: &str,
-) -> Result<kiln_ext4::Summary, String> {
-    write::ext4(&tree(Some(dir))?, size_bytes, label, epoch(), out).map_err(|e| e.to_string())
+) -> Result<kiln_ext4::Summary, ImageError> {
+    write::ext4(&tree(Some(dir))?, size_bytes, label, epoch(), out)
 }
 
 /// A whole disk like the image node's: FAT boot, lz4hc EROFS root, ext4
@@ -63,14 +67,14 @@ pub fn disk(
     data: Option<&Path>,
     spec: &LayoutSpec,
     out: &Path,
-) -> Result<DiskSummary, String> {
-    let layout = spec.compute().map_err(|e| e.to_string())?;
+) -> Result<DiskSummary, ImageError> {
+    let layout = spec.compute()?;
     let size = |role: Role| layout.get(role).map(|p| p.size_bytes()).unwrap_or_default();
     let dir = out
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let scratch = kiln_atomic::TempDir::new_in(dir, ".kiln-fs-disk-").map_err(|e| e.to_string())?;
+    let scratch = kiln_atomic::TempDir::new_in(dir, ".kiln-fs-disk-")?;
     let part = |name: &str| scratch.path().join(name);
     let (boot_img, root_img, state_img, data_img) = (
         part("boot.vfat"),
@@ -79,20 +83,13 @@ pub fn disk(
         part("data.ext4"),
     );
     let e = epoch();
-    let ext4 = |dir, role: Role, path: &Path| {
-        write::ext4(&tree(dir)?, size(role), role.label(), e, path).map_err(|e| e.to_string())
-    };
+    let ext4 =
+        |dir, role: Role, path: &Path| write::ext4(&tree(dir)?, size(role), role.label(), e, path);
     let (made_root, (made_boot, (made_state, made_data))) = rayon::join(
-        || {
-            write::erofs(&tree(Some(root))?, &write::root_options(e), &root_img)
-                .map_err(|e| e.to_string())
-        },
+        || write::erofs(&tree(Some(root))?, &write::root_options(e), &root_img),
         || {
             rayon::join(
-                || {
-                    write::fat(&tree(boot)?, size(Role::Boot), e, &boot_img)
-                        .map_err(|e| e.to_string())
-                },
+                || write::fat(&tree(boot)?, size(Role::Boot), e, &boot_img),
                 || {
                     rayon::join(
                         || ext4(state, Role::State, &state_img),
@@ -109,5 +106,5 @@ pub fn disk(
         .and(made_data.map(|_| ()))?;
     let contents = write::contents(boot_img, root_img, state_img, data_img);
     // The scratch directory goes when `scratch` is dropped.
-    write::disk(&layout, &contents, out).map_err(|e| e.to_string())
+    write::disk(&layout, &contents, out)
 }

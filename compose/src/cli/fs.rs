@@ -5,7 +5,7 @@ use kiln_image::{mkfs, policy};
 use super::{CliResult, Failure, FsCommand};
 
 pub(super) fn run(what: &FsCommand) -> CliResult {
-    let fail = |e: String| Failure::build(format!("error: {e}"));
+    let fail = |e: kiln_image::ImageError| Failure::build(format!("error: {e}"));
     match what {
         FsCommand::Erofs {
             dir,

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use kiln_atomic::{Durability, TempFile};
 
-use crate::error::ImageError;
+use crate::error::DiskError;
 use crate::fat::detect_fat_bits;
 use crate::finish;
 use crate::ids::DiskIds;
@@ -135,7 +135,7 @@ pub fn assemble(
     contents: &Contents,
     opts: &ImageOptions,
     out: &Path,
-) -> Result<DiskSummary, ImageError> {
+) -> Result<DiskSummary, DiskError> {
     layout.validate()?;
     let sizes = check_inputs(layout, contents)?;
     let ids = DiskIds::derive(&opts.content_hash);
@@ -145,7 +145,7 @@ pub fn assemble(
     let zst_tmp = TempFile::beside(&zst_path)?;
     let img = img_tmp.file();
     img.set_len(layout.disk_bytes())
-        .map_err(ImageError::io(img_tmp.path()))?;
+        .map_err(DiskError::io(img_tmp.path()))?;
     for (p, size) in layout.partitions.iter().zip(&sizes) {
         if let Content::Image(src) = contents.get(p.role) {
             copy_partition(
@@ -177,10 +177,10 @@ pub fn assemble(
         opts.zstd_level,
         workers,
     )
-    .map_err(ImageError::io(zst_tmp.path()))?;
+    .map_err(DiskError::io(zst_tmp.path()))?;
     let allocated_bytes = img
         .metadata()
-        .map_err(ImageError::io(img_tmp.path()))?
+        .map_err(DiskError::io(img_tmp.path()))?
         .blocks()
         * 512;
 
@@ -188,7 +188,7 @@ pub fn assemble(
     // image should the second rename fail.
     match fs::remove_file(&zst_path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => {
-            return Err(ImageError::io(&zst_path)(e));
+            return Err(DiskError::io(&zst_path)(e));
         }
         _ => {}
     }
@@ -227,16 +227,16 @@ pub fn assemble(
 
 /// The size of each partition's image (0 when empty), after checking that
 /// it fits and, for MBR FAT types, that the image's FAT width matches.
-fn check_inputs(layout: &Layout, contents: &Contents) -> Result<Vec<u64>, ImageError> {
+fn check_inputs(layout: &Layout, contents: &Contents) -> Result<Vec<u64>, DiskError> {
     let mut sizes = Vec::with_capacity(layout.partitions.len());
     for p in &layout.partitions {
         let Content::Image(src) = contents.get(p.role) else {
             sizes.push(0);
             continue;
         };
-        let len = fs::metadata(src).map_err(ImageError::io(src))?.len();
+        let len = fs::metadata(src).map_err(DiskError::io(src))?.len();
         if len > p.size_bytes() {
-            return Err(ImageError::DoesNotFit {
+            return Err(DiskError::DoesNotFit {
                 label: p.label().into(),
                 path: src.clone(),
                 image_bytes: len,
@@ -254,7 +254,7 @@ fn check_inputs(layout: &Layout, contents: &Contents) -> Result<Vec<u64>, ImageE
 
 /// An MBR FAT type must match the filesystem: firmware such as the
 /// Raspberry Pi's picks its FAT driver by it.
-fn check_fat_type(label: &str, mbr_type: u8, src: &Path) -> Result<(), ImageError> {
+fn check_fat_type(label: &str, mbr_type: u8, src: &Path) -> Result<(), DiskError> {
     let (bits, expected) = match mbr_type {
         0x01 => (12, "FAT12"),
         0x04 | 0x06 | 0x0e => (16, "FAT16"),
@@ -264,13 +264,13 @@ fn check_fat_type(label: &str, mbr_type: u8, src: &Path) -> Result<(), ImageErro
     let mut sector = [0u8; 512];
     let n = File::open(src)
         .and_then(|mut f| sparse::read_full(&mut f, &mut sector))
-        .map_err(ImageError::io(src))?;
+        .map_err(DiskError::io(src))?;
     let found = match detect_fat_bits(&sector[..n]) {
         Some(b) if b == bits => return Ok(()),
         Some(b) => format!("FAT{b}"),
         None => "no FAT filesystem".into(),
     };
-    Err(ImageError::BootTypeMismatch {
+    Err(DiskError::BootTypeMismatch {
         label: label.into(),
         path: src.to_path_buf(),
         mbr_type,
@@ -287,17 +287,17 @@ fn copy_partition(
     start: u64,
     size: u64,
     img_path: &Path,
-) -> Result<(), ImageError> {
-    let changed = |reason: String| ImageError::Changed {
+) -> Result<(), DiskError> {
+    let changed = |reason: String| DiskError::Changed {
         label: label.into(),
         path: src.to_path_buf(),
         reason,
     };
-    let mut f = File::open(src).map_err(ImageError::io(src))?;
+    let mut f = File::open(src).map_err(DiskError::io(src))?;
     let (copied, _) =
         sparse::copy_sparse(&mut f, img, start, expected.min(size)).map_err(|e| match e {
-            CopyError::Read(e) => ImageError::io(src)(e),
-            CopyError::Write(e) => ImageError::io(img_path)(e),
+            CopyError::Read(e) => DiskError::io(src)(e),
+            CopyError::Write(e) => DiskError::io(img_path)(e),
         })?;
     if copied != expected {
         return Err(changed(format!(
@@ -305,7 +305,7 @@ fn copy_partition(
         )));
     }
     let mut probe = [0u8; 1];
-    if f.read(&mut probe).map_err(ImageError::io(src))? != 0 {
+    if f.read(&mut probe).map_err(DiskError::io(src))? != 0 {
         return Err(changed(format!("grew past the {expected} bytes checked")));
     }
     Ok(())
