@@ -330,3 +330,20 @@ fn kernel_fragments_and_bootloader_config_reach_their_recipes() {
         "{err}"
     );
 }
+
+#[test]
+fn a_recipe_cannot_take_the_image_nodes_name() {
+    let p = TestProject::new();
+    p.board(&["image"]);
+    p.write(
+        "recipes/image.rhai",
+        &shell_recipe("image", &[], &["echo x > /out/x"]),
+    );
+    let err = check_fails(&p);
+    assert!(err.contains("--> recipes/image.rhai:1:1"), "{err}");
+    assert!(
+        err.contains("a recipe can't be named `image`: that is the name of the board's image node"),
+        "{err}"
+    );
+    assert!(err.contains("help: rename the recipe"), "{err}");
+}

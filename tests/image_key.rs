@@ -14,22 +14,8 @@ mod fingerprint;
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
-use common::{kiln_in, repo, stderr, stdout};
-
-/// The workspace's sources (not its build output) at `dest`.
-fn copy_workspace(dest: &Path) {
-    for item in ["Cargo.toml", "Cargo.lock", "compose", "cache"] {
-        let st = Command::new("cp")
-            .arg("-a")
-            .arg(repo().join(item))
-            .arg(dest)
-            .status()
-            .expect("cp");
-        assert!(st.success(), "copying {item}");
-    }
-}
+use common::{copy_from_repo, kiln_in, repo, stderr, stdout};
 
 fn writers(root: &Path) -> String {
     fingerprint::fingerprint(root, "kiln-image")
@@ -63,7 +49,11 @@ fn a_writer_change_changes_the_image_key_and_nothing_else_does() {
         .prefix("kiln-image-key-")
         .tempdir()
         .expect("tmp");
-    copy_workspace(copy.path());
+    // The workspace's sources, not its build output.
+    copy_from_repo(
+        copy.path(),
+        &["Cargo.toml", "Cargo.lock", "compose", "cache"],
+    );
     let root = copy.path();
     let base = writers(root);
     assert_eq!(base, writers(&repo()), "the checkout's location matters");

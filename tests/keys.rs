@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use common::*;
@@ -33,38 +32,6 @@ fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(e.path(), to.join(&name)).expect("copy");
         }
     }
-}
-
-/// name → derivation hash from `kiln graph --format json`.
-fn derivations(
-    project: &Path,
-    store: &Path,
-    board: &str,
-    env: &[(&str, &str)],
-) -> BTreeMap<String, String> {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(["--project"])
-        .arg(project)
-        .arg("--store")
-        .arg(store)
-        .args(["graph", "--format", "json", "--board", board])
-        .envs(env.iter().copied())
-        .current_dir(project)
-        .output()
-        .expect("run kiln");
-    assert!(out.status.success(), "{}", stderr(&out));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("graph json");
-    v["nodes"]
-        .as_array()
-        .expect("nodes")
-        .iter()
-        .map(|n| {
-            (
-                n["name"].as_str().unwrap_or_default().to_string(),
-                n["derivation"].as_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect()
 }
 
 #[test]

@@ -157,8 +157,13 @@ pub fn bootloader_recipe(name: &str, step: &str) -> String {
 /// A copy of the repository's project (kiln.toml, recipes, boards) at
 /// `dest`, so that a test never writes into the checkout's `out/`.
 pub fn copy_project(dest: &Path) {
+    copy_from_repo(dest, &["kiln.toml", "recipes", "boards"]);
+}
+
+/// Copies `items` (files or directories of the repository) into `dest`.
+pub fn copy_from_repo(dest: &Path, items: &[&str]) {
     std::fs::create_dir_all(dest).expect("mkdir");
-    for item in ["kiln.toml", "recipes", "boards"] {
+    for item in items {
         let st = Command::new("cp")
             .arg("-a")
             .arg(repo().join(item))
@@ -174,4 +179,36 @@ pub fn sha256(path: &Path) -> String {
     use sha2::Digest as _;
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// name → derivation hash from `kiln graph --format json`.
+pub fn derivations(
+    project: &Path,
+    store: &Path,
+    board: &str,
+    env: &[(&str, &str)],
+) -> std::collections::BTreeMap<String, String> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["--project"])
+        .arg(project)
+        .arg("--store")
+        .arg(store)
+        .args(["graph", "--format", "json", "--board", board])
+        .envs(env.iter().copied())
+        .current_dir(project)
+        .output()
+        .expect("run kiln");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("graph json");
+    v["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|n| {
+            (
+                n["name"].as_str().unwrap_or_default().to_string(),
+                n["derivation"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
 }

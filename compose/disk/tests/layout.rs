@@ -234,3 +234,56 @@ fn the_output_must_match_the_disk_size() {
     let e = write_partition_table(&layout, &DiskIds::derive(&[0; 32]), &mut &f).unwrap_err();
     assert!(matches!(e, DiskError::OutputSize { .. }), "{e}");
 }
+
+#[test]
+fn sizes_round_up_to_the_alignment() {
+    let mut spec = balena_spec(TableKind::Gpt);
+    spec.boot_bytes = 40 * MIB + 1;
+    spec.gap_bytes = 1;
+    let l = spec.compute().unwrap();
+    let boot = l.get(Role::Boot).unwrap();
+    assert_eq!(boot.start, 8192);
+    assert_eq!(boot.sectors, 44 * 2048);
+}
+
+#[test]
+fn zero_sizes_and_bad_alignment_are_errors() {
+    let mut spec = balena_spec(TableKind::Mbr);
+    spec.state_bytes = 0;
+    let e = spec.compute().unwrap_err();
+    assert!(matches!(e, LayoutError::ZeroSize { ref label } if label == "resin-state"));
+    let mut spec = balena_spec(TableKind::Mbr);
+    spec.alignment_bytes = 1000;
+    assert!(matches!(
+        spec.compute(),
+        Err(LayoutError::BadAlignment {
+            alignment_bytes: 1000
+        })
+    ));
+}
+
+#[test]
+fn mbr_ebrs_are_checked() {
+    let mut l = balena_spec(TableKind::Mbr).compute().unwrap();
+    // Move data's EBR into state.
+    let state_end = l.get(Role::State).unwrap().end();
+    l.partitions[4].ebr = Some(state_end - 1);
+    let e = l.validate().unwrap_err();
+    assert!(
+        matches!(e, LayoutError::Overlap { ref a, ref b, .. } if a == "resin-state" && b == "the EBR of resin-data"),
+        "{e}"
+    );
+}
+
+#[test]
+fn mbr_limit() {
+    let mut spec = balena_spec(TableKind::Mbr);
+    spec.data_bytes = 3 << 40;
+    let e = spec.compute().unwrap_err();
+    assert!(
+        matches!(e, LayoutError::MbrLimit { ref label, .. } if label == "resin-data" || label == "extended"),
+        "{e}"
+    );
+    spec.table = TableKind::Gpt;
+    spec.compute().unwrap();
+}
