@@ -53,18 +53,16 @@ pub fn walk(
         let Some(rule) = rules.get(name) else {
             continue;
         };
-        let mut deps = BTreeMap::new();
-        for d in plan.build_deps(name) {
-            match out.get(&d).and_then(|w| w.output.map(|o| (w.key, o))) {
-                Some(ko) => {
-                    deps.insert(d, ko);
-                }
-                None => break,
-            }
-        }
-        if deps.len() != plan.build_deps(name).len() {
-            continue;
-        }
+        // Every build dependency must have been keyed and resolved.
+        let deps: Option<BTreeMap<String, (Digest, Digest)>> = plan
+            .build_deps(name)
+            .into_iter()
+            .map(|d| {
+                let w = out.get(&d)?;
+                Some((d, (w.key, w.output?)))
+            })
+            .collect();
+        let Some(deps) = deps else { continue };
         let Ok(inputs) = key_of(rule.as_ref(), &deps) else {
             continue;
         };
