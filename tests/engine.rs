@@ -157,6 +157,11 @@ fn a_recipe_cannot_write_outside_out() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(!std::path::Path::new("/usr/kiln-escape").exists());
     assert!(!victim.exists());
+    // Both writes failed inside the sandbox, so the step went on to /out.
+    assert_eq!(
+        std::fs::read_to_string(p.root().join("out/test-board/w/ok")).expect("ok"),
+        "contained\n"
+    );
     p.write(
         "recipes/w.rhai",
         &shell_recipe("w", &[], &["touch /usr/kiln-escape"]),
@@ -340,7 +345,7 @@ fn killed_builds_leave_a_usable_store() {
         &shell_recipe(
             "slow",
             &[],
-            &["echo start > /out/a", "sleep 37.25", "echo done > /out/b"],
+            &["echo start > /out/a", "sleep 12.25", "echo done > /out/b"],
         ),
     );
     p.write(
@@ -358,18 +363,32 @@ fn killed_builds_leave_a_usable_store() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("spawn");
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // Kill only once the slow step is running: its header is in the live
+    // log of the build's work directory.
+    let work = p.store.path().join("work");
+    let started = (0..600).any(|_| {
+        let running = std::fs::read_dir(&work).into_iter().flatten().flatten().any(|e| {
+            e.file_name().to_string_lossy().starts_with("slow-")
+                && std::fs::read_to_string(e.path().join("build.log"))
+                    .is_ok_and(|log| log.contains("[step 2/3]"))
+        });
+        if !running {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        running
+    });
+    assert!(started, "the slow step never started");
     let _ = std::process::Command::new("kill")
         .args(["-9", &child.id().to_string()])
         .status();
     let _ = child.wait();
     // The sandbox died with it (no stray sleep from the build). The kernel
     // tears the namespace down asynchronously; on a loaded machine that
-    // can take a moment, so wait up to 10 s (the step would run for 37).
+    // can take a moment, so wait up to 10 s (the step would run for 12).
     // The odd duration tells our sleep from anybody else's.
     let survived = (0..100).all(|_| {
         let ps = std::process::Command::new("pgrep")
-            .args(["-f", "sleep 37.25"])
+            .args(["-f", "sleep 12.25"])
             .output()
             .expect("pgrep");
         let alive = !ps.stdout.is_empty();
@@ -380,14 +399,15 @@ fn killed_builds_leave_a_usable_store() {
     });
     assert!(!survived, "a sandboxed process survived kill -9 of kiln");
 
-    // The next build uses the store correctly: the slow recipe is rebuilt, never half-cached.
-    p.write(
-        "recipes/slow.rhai",
-        &shell_recipe("slow", &[], &["echo start > /out/a", "echo done > /out/b"]),
-    );
+    // The next build of the same recipe (the same key) uses the store
+    // correctly: the killed one left no entry, so it is built, whole.
     let o = build(&p, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(outcomes(&o)["slow"], "built");
+    assert_eq!(
+        std::fs::read_to_string(p.root().join("out/test-board/slow/b")).expect("b"),
+        "done\n"
+    );
 }
 
 /// A Makefile with `n` jobs that each record when they ran.

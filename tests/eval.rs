@@ -347,3 +347,29 @@ fn a_recipe_cannot_take_the_image_nodes_name() {
     );
     assert!(err.contains("help: rename the recipe"), "{err}");
 }
+
+#[test]
+fn sources_lists_everything_that_evaluates_and_then_reports_the_rest() {
+    let p = TestProject::new();
+    p.board(&["good"]);
+    p.write(
+        "recipes/good.rhai",
+        r#"#{ name: "good", version: "1",
+             sources: [#{ url: "https://example.org/good-1.tar.gz",
+                          sha256: "1111111111111111111111111111111111111111111111111111111111111111",
+                          debian: "good" }],
+             steps: ["true"] }"#,
+    );
+    // A second board with a mistake: seeding must go on for the first.
+    let bad = BOARD
+        .replace("test-board", "bad-board")
+        .replace("PACKAGES", "[\"good\"],\n    colour: \"red\"");
+    p.write("boards/bad-board.rhai", &bad);
+    let o = p.kiln(&["sources", "--json"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let listed: serde_json::Value = serde_json::from_slice(&o.stdout).expect("the list comes first");
+    assert_eq!(listed[0]["url"], "https://example.org/good-1.tar.gz", "{listed}");
+    let err = stderr(&o);
+    assert!(err.contains("boards/bad-board.rhai"), "{err}");
+    assert!(err.contains("unknown field `colour`"), "{err}");
+}

@@ -231,7 +231,7 @@ fn tampered_entries_and_blobs_are_refused_by_name_and_rebuilt() {
         .clone();
     let resign = |doc: serde_json::Value, key: &SecretKey| -> Vec<u8> {
         let e: kiln_remote::Entry = serde_json::from_value(doc["entry"].clone()).expect("entry");
-        key.sign(e).to_json()
+        key.sign(e).expect("sign").to_json().expect("encode")
     };
     let flip = |path: &Path, at: usize| {
         let mut b = std::fs::read(path).expect("blob");

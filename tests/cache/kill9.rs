@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{noise, write};
+use common::{hours_ago, noise, set_mtime, set_mtime_tree, write};
 use kiln_store::{ActionResult, Digest, EntryKind, Root, Store, StoreError};
 
 const CHILD_ENV: &str = "KILN_CACHE_TEST_CHILD";
@@ -233,6 +233,12 @@ fn kill9_at_random_moments_leaves_a_usable_store() {
         "the writer made no progress ({hits} hits, {blobs} blobs) in {:?}",
         started.elapsed()
     );
+    // A writer has one temporary at a time (a file, or a directory being
+    // filled), so a kill leaves at most one.
+    assert!(
+        leftovers <= ROUNDS,
+        "{leftovers} temp leftovers after {ROUNDS} kills"
+    );
 
     // The store keeps working: new writes, materialization, GC.
     let scratch = dir.path().join("scratch-parent");
@@ -241,6 +247,22 @@ fn kill9_at_random_moments_leaves_a_usable_store() {
     store.materialize(&r.output).unwrap();
     store.gc(Duration::from_secs(3600)).unwrap();
     check_store(&store);
+    // Once they are old, GC removes every leftover: nothing in tmp/ is kept
+    // for a writer that is gone.
+    for e in fs::read_dir(root.join("tmp")).unwrap() {
+        let path = e.unwrap().path();
+        if path.is_dir() {
+            set_mtime_tree(&path, hours_ago(2));
+        } else {
+            set_mtime(&path, hours_ago(2));
+        }
+    }
+    let report = store.gc(Duration::from_secs(3600)).unwrap();
+    assert!(
+        fs::read_dir(root.join("tmp")).unwrap().next().is_none(),
+        "stale temp files survived GC ({} removed)",
+        report.tmp_removed
+    );
     // Roots written by the children survived and protect their entries.
     assert!(!store.read_roots().unwrap().is_empty());
 }

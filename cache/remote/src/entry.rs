@@ -137,13 +137,15 @@ impl SecretKey {
         PublicKey(self.0.verifying_key())
     }
 
-    pub fn sign(&self, entry: Entry) -> SignedEntry {
-        let signature = self.0.sign(&signed_bytes(&entry));
-        SignedEntry {
+    /// Signs `entry`. Fails only if the entry cannot be encoded, which a
+    /// signature must never silently cover instead.
+    pub fn sign(&self, entry: Entry) -> Result<SignedEntry, serde_json::Error> {
+        let signature = self.0.sign(&signed_bytes(&entry)?);
+        Ok(SignedEntry {
             entry,
             signer: self.public().to_string(),
             signature: hex::encode(signature.to_bytes()),
-        }
+        })
     }
 }
 
@@ -154,16 +156,15 @@ fn parse_hex32(hex: &str) -> Option<[u8; 32]> {
 
 /// The bytes a signature covers: the schema, then the entry's JSON (field
 /// order is fixed by the struct, so the encoding is canonical).
-fn signed_bytes(entry: &Entry) -> Vec<u8> {
+fn signed_bytes(entry: &Entry) -> Result<Vec<u8>, serde_json::Error> {
     let mut bytes = format!("{SCHEMA}\n").into_bytes();
-    // Serializing plain strings and numbers cannot fail.
-    bytes.extend(serde_json::to_vec(entry).unwrap_or_default());
-    bytes
+    bytes.extend(serde_json::to_vec(entry)?);
+    Ok(bytes)
 }
 
 impl SignedEntry {
-    pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec_pretty(self).unwrap_or_default()
+    pub fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
+        serde_json::to_vec_pretty(self)
     }
 
     /// Checks a document fetched for `key` and returns its entry, or why it
@@ -188,7 +189,10 @@ impl SignedEntry {
         let sig = ed25519_dalek::Signature::from_bytes(&sig);
         signer
             .0
-            .verify(&signed_bytes(&signed.entry), &sig)
+            .verify(
+                &signed_bytes(&signed.entry).map_err(|e| format!("cannot encode the entry: {e}"))?,
+                &sig,
+            )
             .map_err(|_| format!("the entry's signature by {signer} does not match its content"))?;
         let entry = signed.entry;
         if entry.schema != SCHEMA {
@@ -239,7 +243,7 @@ mod tests {
         let sk = SecretKey::generate().unwrap();
         let other = SecretKey::generate().unwrap();
         let key = Digest::of(b"key");
-        let doc = sk.sign(entry(key)).to_json();
+        let doc = sk.sign(entry(key)).unwrap().to_json().unwrap();
         let trusted = [sk.public()];
         assert_eq!(
             SignedEntry::verify(&doc, &key, &trusted).unwrap(),

@@ -472,17 +472,23 @@ impl Remote {
                 suspect.remove(d);
             }
         }
-        let docs: Vec<Option<Vec<u8>>> = entries
+        let docs: Vec<Option<Result<Vec<u8>, BackendError>>> = entries
             .iter()
             .zip(&present)
             .map(|(e, &present)| {
                 let blocked = e.blobs.iter().any(|b| failed.contains_key(&b.blake3));
-                (!present && !blocked).then(|| signer.sign(e.clone()).to_json())
+                (!present && !blocked).then(|| {
+                    signer
+                        .sign(e.clone())
+                        .and_then(|signed| signed.to_json())
+                        .map_err(|e| BackendError::Protocol(format!("cannot encode the entry: {e}")))
+                })
             })
             .collect();
         let indexed: Vec<usize> = (0..entries.len()).collect();
         let put = parallel(&indexed, self.transfers, |&i| match &docs[i] {
-            Some(doc) => self.backend.put_entry(&entries[i].key, doc).map(|_| true),
+            Some(Ok(doc)) => self.backend.put_entry(&entries[i].key, doc).map(|_| true),
+            Some(Err(e)) => Err(e.clone()),
             None => Ok(false),
         });
         self.stats

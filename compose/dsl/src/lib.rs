@@ -23,28 +23,72 @@ use rayon::prelude::*;
 use locate::Seg;
 use script::{eval_script, files_dir_of, map_of, Script};
 
-/// Evaluates a board and all recipes for it.
+/// Evaluates a board and all recipes for it; every error, or none.
 pub fn evaluate(project: &Project, board_path: &Path) -> Result<Evaluation, Diagnostics> {
-    let board_script = eval_script(project, board_path, &files_dir_of(board_path), None)?;
+    let p = evaluate_partial(project, board_path);
+    match p.board {
+        Some(board) if p.errors.is_empty() => Ok(Evaluation {
+            board,
+            recipes: p.recipes,
+        }),
+        _ => Err(Diagnostics(p.errors)),
+    }
+}
+
+/// What evaluating a board gave, errors or not: the board if it converted,
+/// the recipes that did, and every error. For the commands that must go on
+/// past one bad script (`kiln sources`, which seeding relies on).
+pub struct Partial {
+    pub board: Option<kiln_model::Board>,
+    pub recipes: BTreeMap<String, Recipe>,
+    pub errors: Vec<Diagnostic>,
+}
+
+/// Like [`evaluate`], keeping whatever evaluated.
+pub fn evaluate_partial(project: &Project, board_path: &Path) -> Partial {
+    let failed = |errors| Partial {
+        board: None,
+        recipes: BTreeMap::new(),
+        errors,
+    };
+    let board_script = match eval_script(project, board_path, &files_dir_of(board_path), None) {
+        Ok(s) => s,
+        Err(d) => return failed(vec![d]),
+    };
     let board_map = map_of(&board_script.value);
-    let target = convert::target(&board_map, &board_script.loc).map_err(Diagnostics)?;
+    // Without a target no recipe can be evaluated.
+    let target = match convert::target(&board_map, &board_script.loc) {
+        Ok(t) => t,
+        Err(e) => return failed(e),
+    };
+    let mut errors = Vec::new();
     let board_dir = board_path
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| project.boards_dir());
-    let mut board = convert::board(&board_map, &board_script.loc, target.clone(), &board_dir)
-        .map_err(Diagnostics)?;
+    let mut board = match convert::board(&board_map, &board_script.loc, target.clone(), &board_dir)
+    {
+        Ok(b) => Some(b),
+        Err(mut e) => {
+            errors.append(&mut e);
+            None
+        }
+    };
 
-    let files = project.recipe_files().map_err(|e| {
-        Diagnostic::new(
-            Span {
-                file: project.rel(&project.recipes_dir()),
-                line: 0,
-                column: 0,
-            },
-            format!("cannot list recipes: {e}"),
-        )
-    })?;
+    let files = match project.recipe_files() {
+        Ok(f) => f,
+        Err(e) => {
+            errors.push(Diagnostic::new(
+                Span {
+                    file: project.rel(&project.recipes_dir()),
+                    line: 0,
+                    column: 0,
+                },
+                format!("cannot list recipes: {e}"),
+            ));
+            return failed(errors);
+        }
+    };
     let scripts: Vec<(PathBuf, Result<Script, Diagnostic>)> = files
         .par_iter()
         .map(|path| {
@@ -55,7 +99,6 @@ pub fn evaluate(project: &Project, board_path: &Path) -> Result<Evaluation, Diag
         })
         .collect();
 
-    let mut errors = Vec::new();
     let mut by_name: BTreeMap<String, (PathBuf, Script)> = BTreeMap::new();
     for (path, result) in scripts {
         let script = match result {
@@ -97,13 +140,11 @@ pub fn evaluate(project: &Project, board_path: &Path) -> Result<Evaluation, Diag
     }
 
     // Overrides: maps deep-merge into the recipe, functions replace it.
-    let overridden = overrides::apply(
-        &board_script,
-        &board_map,
-        &mut by_name,
-        &mut board,
-        &mut errors,
-    );
+    let applied = overrides::apply(&board_script, &board_map, &mut by_name, &mut errors);
+    if let Some(b) = &mut board {
+        b.overrides = applied.overrides;
+    }
+    let overridden = applied.paths;
 
     let converted: Vec<Result<Recipe, Vec<Diagnostic>>> = by_name
         .par_iter()
@@ -128,10 +169,12 @@ pub fn evaluate(project: &Project, board_path: &Path) -> Result<Evaluation, Diag
             Err(mut e) => errors.append(&mut e),
         }
     }
-    boot::apply(&board, &mut recipes, &mut errors);
-    if errors.is_empty() {
-        Ok(Evaluation { board, recipes })
-    } else {
-        Err(Diagnostics(errors))
+    if let Some(b) = &board {
+        boot::apply(b, &mut recipes, &mut errors);
+    }
+    Partial {
+        board,
+        recipes,
+        errors,
     }
 }

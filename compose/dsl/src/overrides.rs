@@ -6,22 +6,29 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use kiln_model::{did_you_mean, Board, Diagnostic, Override};
+use kiln_model::{did_you_mean, Diagnostic, Override};
 use rhai::{Dynamic, FnPtr, Map};
 
 use crate::convert;
 use crate::locate::Seg;
 use crate::script::{eval_error, map_of, Script};
 
-/// Applies the board's overrides to the recipes' maps; returns, for each
-/// overridden recipe, the field path of its override in the board.
+/// What applying a board's overrides did.
+pub(crate) struct Applied {
+    /// For each overridden recipe, the field path of its override in the board.
+    pub(crate) paths: BTreeMap<String, Vec<Seg>>,
+    /// What the board records of them, for `kiln show`.
+    pub(crate) overrides: Vec<Override>,
+}
+
+/// Applies the board's overrides to the recipes' maps.
 pub(crate) fn apply(
     board_script: &Script,
     board_map: &Map,
     by_name: &mut BTreeMap<String, (PathBuf, Script)>,
-    board: &mut Board,
     errors: &mut Vec<Diagnostic>,
-) -> BTreeMap<String, Vec<Seg>> {
+) -> Applied {
+    let mut recorded = Vec::new();
     let mut overridden: BTreeMap<String, Vec<Seg>> = BTreeMap::new();
     if let Some(overrides) = board_map
         .get("overrides")
@@ -75,7 +82,7 @@ pub(crate) fn apply(
                 );
                 continue;
             }
-            board.overrides.push(Override {
+            recorded.push(Override {
                 recipe: name.clone(),
                 span: board_script.loc.key(&path),
             });
@@ -83,7 +90,10 @@ pub(crate) fn apply(
         }
     }
 
-    overridden
+    Applied {
+        paths: overridden,
+        overrides: recorded,
+    }
 }
 
 /// Maps merge key by key; anything else in `change` replaces what was there.

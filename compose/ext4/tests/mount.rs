@@ -42,8 +42,11 @@ fn getxattr(path: &Path, name: &str) -> Option<Vec<u8>> {
 fn kernel_mounts_read_write() {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        println!("SKIPPED: loop-mounting needs root");
-        return;
+        return kiln_testkit::skip(
+            "kernel_mounts_read_write",
+            "loop-mounting needs root",
+            kiln_testkit::Cannot::Machine,
+        );
     }
     let mut t = Tree::new();
     t.mkdir_p("/srv/data").unwrap();
@@ -96,15 +99,21 @@ fn kernel_mounts_read_write() {
     match out {
         Ok(o) if o.status.success() => {}
         Ok(o) => {
-            println!(
-                "SKIPPED: mount -o loop failed: {}",
-                String::from_utf8_lossy(&o.stderr).trim()
+            return kiln_testkit::skip(
+                "kernel_mounts_read_write",
+                &format!(
+                    "mount -o loop failed: {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                ),
+                kiln_testkit::Cannot::Machine,
             );
-            return;
         }
         Err(e) => {
-            println!("SKIPPED: cannot run mount: {e}");
-            return;
+            return kiln_testkit::skip(
+                "kernel_mounts_read_write",
+                &format!("cannot run mount: {e}"),
+                kiln_testkit::Cannot::Setup,
+            );
         }
     }
     let guard = Mounted(mnt.clone());

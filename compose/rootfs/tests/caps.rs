@@ -44,8 +44,11 @@ fn xattr(path: &Path) -> Option<Vec<u8>> {
 #[test]
 fn bytes_match_setcap() {
     if !have("setcap") {
-        eprintln!("setcap not installed (apt-get install libcap2-bin); skipping");
-        return;
+        return kiln_testkit::skip(
+            "bytes_match_setcap",
+            "setcap not installed (apt-get install libcap2-bin)",
+            kiln_testkit::Cannot::Setup,
+        );
     }
     let env = Env::new();
     let file = env.scratch("caps").join("prog");
@@ -59,11 +62,14 @@ fn bytes_match_setcap() {
     };
     let probe = setcap("cap_kill+p");
     if !probe.status.success() {
-        eprintln!(
-            "setcap can't set capabilities here (not root, or no xattr support): {}; skipping",
-            String::from_utf8_lossy(&probe.stderr)
+        return kiln_testkit::skip(
+            "bytes_match_setcap",
+            &format!(
+                "setcap can't set capabilities here (not root, or no xattr support): {}",
+                String::from_utf8_lossy(&probe.stderr).trim()
+            ),
+            kiln_testkit::Cannot::Machine,
         );
-        return;
     }
     for text in TEXTS {
         let o = setcap(text);

@@ -222,8 +222,11 @@ fn bind_units_for_declared_state_paths() {
 #[test]
 fn prepare_config_works_with_systemd_tmpfiles() {
     if !have("systemd-tmpfiles") {
-        eprintln!("systemd-tmpfiles not installed; skipping");
-        return;
+        return kiln_testkit::skip(
+            "prepare_config_works_with_systemd_tmpfiles",
+            "systemd-tmpfiles not installed (scripts/setup installs systemd)",
+            kiln_testkit::Cannot::Setup,
+        );
     }
     let env = Env::new();
     let out = assemble(&state_packages(&env), &os("aarch64"), &Options::default()).unwrap();
@@ -332,8 +335,11 @@ fn a_package_unit_clashing_with_a_bind_unit_is_an_error() {
 #[test]
 fn systemd_analyze_verifies_the_generated_units() {
     if !have("systemd-analyze") {
-        eprintln!("systemd-analyze not installed; skipping");
-        return;
+        return kiln_testkit::skip(
+            "systemd_analyze_verifies_the_generated_units",
+            "systemd-analyze not installed (scripts/setup installs systemd)",
+            kiln_testkit::Cannot::Setup,
+        );
     }
     let env = Env::new();
     let out = assemble(&state_packages(&env), &os("aarch64"), &Options::default()).unwrap();

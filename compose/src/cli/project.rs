@@ -66,12 +66,23 @@ pub(super) fn check(s: &Session) -> CliResult {
     Ok(())
 }
 
+/// Every remote source of every recipe that evaluates for some board, and
+/// every locked Debian package, for `scripts/seed-sources`. A board or
+/// recipe that does not evaluate is reported (and the exit code says so)
+/// after the list, so that one bad script never stops the rest from being
+/// seeded.
 pub(super) fn sources(s: &Session) -> CliResult {
-    let evals = evaluate_all(s)?;
+    let boards = s
+        .project
+        .board_files()
+        .map_err(|e| Failure::usage(format!("error: cannot list boards: {e}")))?;
     let mut seen = std::collections::BTreeSet::new();
     let mut out = Vec::new();
-    for e in &evals {
-        for r in e.recipes.values() {
+    let mut errors = Vec::new();
+    for b in boards {
+        let partial = kiln_dsl::evaluate_partial(&s.project, &b);
+        errors.extend(partial.errors);
+        for r in partial.recipes.values() {
             for src in &r.sources {
                 if let kiln_model::Source::Remote {
                     url, hash, debian, ..
@@ -88,10 +99,27 @@ pub(super) fn sources(s: &Session) -> CliResult {
                     }
                 }
             }
+            for d in &r.debs {
+                if seen.insert((r.name.clone(), d.sha256.clone())) {
+                    // `package:arch=version`: one binary package, as
+                    // seed-sources fetches it with apt-get download.
+                    let debian = format!("{}:{}={}", d.package, d.arch, d.version);
+                    out.push(serde_json::json!({
+                        "recipe": r.name, "url": d.url, "algo": "sha256", "hash": d.sha256, "debian": debian,
+                    }));
+                }
+            }
         }
     }
     let text = serde_json::to_string_pretty(&out)
         .map_err(|e| Failure::build(format!("error: encoding the sources: {e}")))?;
     println!("{text}");
-    Ok(())
+    // The same bad recipe is reported once, not once per board.
+    let mut shown = std::collections::BTreeSet::new();
+    errors.retain(|d| shown.insert(d.to_string()));
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(s.diagnostics(Diagnostics(errors)))
+    }
 }
