@@ -367,11 +367,15 @@ fn killed_builds_leave_a_usable_store() {
     // log of the build's work directory.
     let work = p.store.path().join("work");
     let started = (0..600).any(|_| {
-        let running = std::fs::read_dir(&work).into_iter().flatten().flatten().any(|e| {
-            e.file_name().to_string_lossy().starts_with("slow-")
-                && std::fs::read_to_string(e.path().join("build.log"))
-                    .is_ok_and(|log| log.contains("[step 2/3]"))
-        });
+        let running = std::fs::read_dir(&work)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                e.file_name().to_string_lossy().starts_with("slow-")
+                    && std::fs::read_to_string(e.path().join("build.log"))
+                        .is_ok_and(|log| log.contains("[step 2/3]"))
+            });
         if !running {
             std::thread::sleep(std::time::Duration::from_millis(100));
         }

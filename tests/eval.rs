@@ -367,8 +367,12 @@ fn sources_lists_everything_that_evaluates_and_then_reports_the_rest() {
     p.write("boards/bad-board.rhai", &bad);
     let o = p.kiln(&["sources", "--json"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    let listed: serde_json::Value = serde_json::from_slice(&o.stdout).expect("the list comes first");
-    assert_eq!(listed[0]["url"], "https://example.org/good-1.tar.gz", "{listed}");
+    let listed: serde_json::Value =
+        serde_json::from_slice(&o.stdout).expect("the list comes first");
+    assert_eq!(
+        listed[0]["url"], "https://example.org/good-1.tar.gz",
+        "{listed}"
+    );
     let err = stderr(&o);
     assert!(err.contains("boards/bad-board.rhai"), "{err}");
     assert!(err.contains("unknown field `colour`"), "{err}");

@@ -190,7 +190,8 @@ impl SignedEntry {
         signer
             .0
             .verify(
-                &signed_bytes(&signed.entry).map_err(|e| format!("cannot encode the entry: {e}"))?,
+                &signed_bytes(&signed.entry)
+                    .map_err(|e| format!("cannot encode the entry: {e}"))?,
                 &sig,
             )
             .map_err(|_| format!("the entry's signature by {signer} does not match its content"))?;

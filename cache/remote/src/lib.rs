@@ -481,7 +481,9 @@ impl Remote {
                     signer
                         .sign(e.clone())
                         .and_then(|signed| signed.to_json())
-                        .map_err(|e| BackendError::Protocol(format!("cannot encode the entry: {e}")))
+                        .map_err(|e| {
+                            BackendError::Protocol(format!("cannot encode the entry: {e}"))
+                        })
                 })
             })
             .collect();
