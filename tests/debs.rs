@@ -56,12 +56,15 @@ fn lock(p: &TestProject, entries: &[(&str, &str, &str)]) {
         .map(|(name, version, sha)| {
             serde_json::json!({
                 "package": name, "version": version, "arch": "amd64",
-                "filename": format!("pool/main/t/{name}/{name}_{version}_amd64.deb"),
+                "url": format!("http://deb.invalid/debian/pool/main/t/{name}/{name}_{version}_amd64.deb"),
                 "sha256": sha,
             })
         })
         .collect();
-    let doc = serde_json::json!({ "archive": "http://deb.invalid/debian", "packages": packages });
+    let doc = serde_json::json!({
+        "generated_by": "scripts/lock-debs recipes/env/packages",
+        "packages": packages,
+    });
     p.write(
         "recipes/env/debian.lock",
         &serde_json::to_string_pretty(&doc).expect("json"),
@@ -197,9 +200,9 @@ fn a_bad_lock_or_a_missing_package_says_which_and_what_to_do() {
     );
     p.write(
         "recipes/env/debian.lock",
-        r#"{ "archive": "http://deb.invalid/debian", "packages": [
+        r#"{ "packages": [
              { "package": "make", "version": "4.3", "arch": "amd64",
-               "filename": "../make.deb", "sha256": "abc" } ] }"#,
+               "url": "http://deb.invalid/make.deb", "sha256": "abc" } ] }"#,
     );
     p.board(&["env"]);
     let o = p.kiln(&["check"]);
@@ -230,6 +233,10 @@ fn a_bad_lock_or_a_missing_package_says_which_and_what_to_do() {
     let err = stderr(&o);
     assert!(
         err.contains("package set `env`: make 4.3 (http://deb.invalid/debian/pool/main/t/make/make_4.3_amd64.deb)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("`scripts/lock-debs recipes/env/packages` refreshes the lock"),
         "{err}"
     );
     assert!(err.contains("error: 1 package set failed: env"), "{err}");

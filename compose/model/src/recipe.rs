@@ -146,4 +146,8 @@ pub struct Deb {
     /// Where the archive keeps it; mirrors are tried first, by hash.
     pub url: String,
     pub sha256: String,
+    /// The command that refreshes the lock, for when the archive has
+    /// moved on and this version is gone. Never hashed.
+    #[serde(skip)]
+    pub refresh: Option<String>,
 }

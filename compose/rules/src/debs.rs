@@ -49,12 +49,19 @@ impl DebsRule {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DebsError {
-    #[error("package set `{set}`: {package} {version} ({url}): {source}")]
+    #[error(
+        "package set `{set}`: {package} {version} ({url}): {source}\n  = help: {}",
+        match refresh {
+            Some(cmd) => format!("if the archive no longer has this version, `{cmd}` refreshes the lock"),
+            None => "if the archive no longer has this version, refresh the lock (scripts/lock-debs)".into(),
+        }
+    )]
     Fetch {
         set: String,
         package: String,
         version: String,
         url: String,
+        refresh: Option<String>,
         source: FetchError,
     },
     #[error("package set `{set}`: cannot write its log: {source}")]
@@ -120,6 +127,7 @@ impl Rule for DebsRule {
                 package: d.package.clone(),
                 version: d.version.clone(),
                 url: d.url.clone(),
+                refresh: d.refresh.clone(),
                 source,
             };
             let digest = fetcher

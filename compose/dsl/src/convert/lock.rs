@@ -1,14 +1,18 @@
 //! A recipe's `debs` lock: the exact Debian binary packages it unpacks.
 //!
-//! The lock is JSON in the recipe's own files directory, written by a tool
-//! (like `Cargo.lock`), so it is read here rather than in Rhai:
+//! The lock is JSON in the recipe's own files directory, written by
+//! `scripts/lock-debs` (like `Cargo.lock` by cargo), so it is read here
+//! rather than in Rhai:
 //!
 //! ```json
-//! { "archive": "http://deb.debian.org/debian",
+//! { "generated_by": "scripts/lock-debs recipes/build-env/packages",
 //!   "packages": [ { "package": "make", "version": "4.3-4.1", "arch": "amd64",
-//!                   "filename": "pool/main/m/make-dfsg/make_4.3-4.1_amd64.deb",
+//!                   "url": "http://deb.debian.org/debian/pool/main/m/make-dfsg/make_4.3-4.1_amd64.deb",
 //!                   "sha256": "…" } ] }
 //! ```
+//!
+//! Each package has its own URL: security updates come from another
+//! archive than the release.
 
 use std::path::Path;
 
@@ -20,7 +24,9 @@ use super::fields::{is_hex, Fields};
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Lock {
-    archive: String,
+    /// The command that wrote it, to run again to refresh it.
+    #[serde(default)]
+    generated_by: Option<String>,
     packages: Vec<Locked>,
 }
 
@@ -30,7 +36,7 @@ struct Locked {
     package: String,
     version: String,
     arch: String,
-    filename: String,
+    url: String,
     sha256: String,
 }
 
@@ -66,12 +72,12 @@ pub(super) fn debs(f: &mut Fields, file: &str, files_dir: &Path, span: Span) -> 
         Err(e) => {
             fail(
                 format!("lock file `{file}` is not a package lock: {e}"),
-                "expected {\"archive\": URL, \"packages\": [{package, version, arch, filename, sha256}]}",
+                "expected {\"packages\": [{package, version, arch, url, sha256}]}; scripts/lock-debs writes it",
             );
             return Vec::new();
         }
     };
-    let archive = lock.archive.trim_end_matches('/').to_string();
+    let refresh = lock.generated_by.clone();
     let mut out = Vec::with_capacity(lock.packages.len());
     for (i, p) in lock.packages.into_iter().enumerate() {
         let sha = p.sha256.to_ascii_lowercase();
@@ -85,13 +91,14 @@ pub(super) fn debs(f: &mut Fields, file: &str, files_dir: &Path, span: Span) -> 
             );
             continue;
         }
-        let clean = !p.filename.is_empty()
-            && !p.filename.starts_with('/')
-            && p.filename.split('/').all(|c| !c.is_empty() && c != "..");
-        if !clean {
+        let web = p.url.starts_with("http://") || p.url.starts_with("https://");
+        if !web || !p.url.ends_with(".deb") {
             fail(
-                format!("lock file `{file}`, package {i} (`{}`): filename `{}` is not a path in the archive", p.package, p.filename),
-                "filenames are relative to the archive, like pool/main/m/make-dfsg/make_4.3-4.1_amd64.deb",
+                format!(
+                    "lock file `{file}`, package {i} (`{}`): `{}` is not the http(s) URL of a .deb",
+                    p.package, p.url
+                ),
+                "rewrite the lock with scripts/lock-debs",
             );
             continue;
         }
@@ -99,8 +106,9 @@ pub(super) fn debs(f: &mut Fields, file: &str, files_dir: &Path, span: Span) -> 
             package: p.package,
             version: p.version,
             arch: p.arch,
-            url: format!("{archive}/{}", p.filename),
+            url: p.url,
             sha256: sha,
+            refresh: refresh.clone(),
         });
     }
     out
