@@ -66,6 +66,7 @@ impl Fixture {
                 })
                 .collect(),
             hostname: "kiln".into(),
+            host_etc: true,
             env: env(&[("PATH", "/usr/bin:/bin"), ("LC_ALL", "C")]),
             cwd: "/build/src".into(),
             steps: vec![],

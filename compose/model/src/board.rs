@@ -39,6 +39,11 @@ pub struct Toolchain {
     pub rust_linker: String,
     /// Host directories mounted read-only in every sandbox.
     pub host_paths: Vec<PathBuf>,
+    /// A package set (a recipe with `debs`) whose tree is every sandbox's
+    /// `/usr` instead of anything of the host's: the build environment.
+    /// Every recipe of the board build-depends on it, so its output digest
+    /// is in every key.
+    pub usr: Option<String>,
     /// Extra environment for every build with this toolchain.
     pub env: BTreeMap<String, String>,
 }

@@ -123,6 +123,10 @@ pub struct Recipe {
     /// instead of building from sources (a build environment, say). Read
     /// from the lock file the recipe's `debs` field names.
     pub debs: Vec<Deb>,
+    /// Symlinks to make in a package set after unpacking (absolute path in
+    /// the tree → target): what maintainer scripts would have made, like
+    /// the `awk` and `cc` alternatives.
+    pub links: BTreeMap<String, String>,
     /// Capabilities a board can require of the recipe (a bootloader's
     /// `ab-boot`, `table:mbr`); checked at evaluation, never hashed.
     pub provides: Vec<String>,

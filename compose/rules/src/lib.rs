@@ -55,13 +55,18 @@ pub fn board_roots(eval: &Evaluation) -> Vec<(String, Span)> {
 /// `image`, the board's image after them. Errors point at the recipe or
 /// board line that named the missing or cyclic dependency.
 pub fn plan(eval: &Evaluation, roots: &[(String, Span)], image: bool) -> Result<Plan, Diagnostics> {
+    // A build environment is every recipe's build dependency (its steps run
+    // with it as /usr); a package set needs none.
+    let usr = eval.board.toolchain.usr.as_ref();
     let mut decls: BTreeMap<String, Vec<(String, DepKind)>> = eval
         .recipes
         .values()
         .map(|r| {
+            let env = usr.filter(|_| r.debs.is_empty());
             let deps = r
                 .build_deps
                 .iter()
+                .chain(env)
                 .map(|d| (d.clone(), DepKind::Build))
                 .chain(r.runtime_deps.iter().map(|d| (d.clone(), DepKind::Runtime)))
                 .collect();
@@ -110,7 +115,15 @@ pub fn rules(
     setup: &Setup,
 ) -> Result<Rules, ToolchainError> {
     let board = &eval.board;
-    let fingerprint = toolchain::fingerprint(&board.toolchain, &board.target, store)?;
+    // A build environment's tools are named by its output digest, which is
+    // in every key; only the host's tools need fingerprinting.
+    let fingerprint = match &board.toolchain.usr {
+        Some(_) => kiln_model::Fingerprint {
+            tools: BTreeMap::new(),
+            host_paths: Vec::new(),
+        },
+        None => toolchain::fingerprint(&board.toolchain, &board.target, store)?,
+    };
     let cc = toolchain::c_compiler(&board.toolchain, &board.target)?;
     let toolbox = Arc::new(Toolbox {
         target: board.target.clone(),
@@ -120,6 +133,7 @@ pub fn rules(
         mirrors: setup.mirrors.clone(),
         offline: setup.offline,
         sandbox_helper: setup.sandbox_helper.clone(),
+        usr: board.toolchain.usr.clone(),
         links: project.root.join("out").join(&board.name),
         print_outputs: setup.print_outputs,
     });
@@ -167,6 +181,23 @@ pub fn check(eval: &Evaluation) -> Result<(), Diagnostics> {
         );
     }
     let board = &eval.board;
+    if let Some(usr) = &board.toolchain.usr {
+        let problem = match eval.recipes.get(usr) {
+            None => Some(format!(
+                "the toolchain's `usr` names `{usr}`, which is no recipe"
+            )),
+            Some(r) if r.debs.is_empty() => Some(format!(
+                "the toolchain's `usr` names `{usr}`, which is not a package set (it has no `debs`)"
+            )),
+            Some(_) => None,
+        };
+        if let Some(message) = problem {
+            errors.push(
+                Diagnostic::new(board.span.clone(), message)
+                    .help("name a recipe with a `debs` lock, like recipes/build-env.rhai"),
+            );
+        }
+    }
     if let Some(b) = &board.bootloader {
         if let Some(r) = eval.recipes.get(&b.recipe) {
             let layout = kiln_image::policy::layout(&board.partitions);

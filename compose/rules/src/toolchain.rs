@@ -363,6 +363,7 @@ mod tests {
             cargo: String::new(),
             rust_linker: String::new(),
             host_paths: Vec::new(),
+            usr: None,
             env: BTreeMap::new(),
         }
     }

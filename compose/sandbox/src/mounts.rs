@@ -20,9 +20,10 @@ use crate::failure::{io_fail, os_fail, Failure};
 use crate::report::ROOT_DIR;
 use crate::SandboxSpec;
 
-/// Host files that make a Debian toolchain work: `/usr/bin/cc` and friends
-/// are symlinks through `/etc/alternatives`, and multiarch libraries are only
-/// found through `ld.so.cache`. Bound read-only when they exist.
+/// Host files that make a host toolchain work: `/usr/bin/cc` and friends
+/// are symlinks through `/etc/alternatives`, and the host's `ld.so.cache`
+/// goes with its libraries. Bound read-only when they exist and the spec
+/// asks for them ([`SandboxSpec::host_etc`]).
 const HOST_ETC: [&str; 4] = [
     "/etc/alternatives",
     "/etc/ld.so.cache",
@@ -95,7 +96,7 @@ pub(crate) fn setup(spec: &SandboxSpec) -> Result<(), Failure> {
     for b in &spec.rw_binds {
         bind(&root, &b.host, &b.inside, Access::ReadWrite)?;
     }
-    for etc in HOST_ETC {
+    for etc in HOST_ETC.iter().filter(|_| spec.host_etc) {
         let (host, inside) = (Path::new(etc), Path::new(etc));
         let named = spec
             .ro_binds

@@ -46,6 +46,11 @@ pub struct SandboxSpec {
     /// never redirect where a mount lands.
     pub symlinks: Vec<(PathBuf, PathBuf)>,
     pub hostname: String,
+    /// Also bind the host's `/etc/alternatives` and dynamic linker
+    /// configuration (where they exist and no bind names them): a toolchain
+    /// made of the host's `/usr` needs them. Off for a build environment
+    /// from the store, which must see nothing of the host.
+    pub host_etc: bool,
     /// The complete environment of every step; nothing is inherited.
     pub env: BTreeMap<String, String>,
     /// Working directory of every step (must exist once the binds are made).
@@ -166,6 +171,7 @@ mod tests {
             sysroot: vec![],
             symlinks: vec![],
             hostname: "kiln".into(),
+            host_etc: true,
             env: BTreeMap::new(),
             cwd: "/".into(),
             steps: vec![],

@@ -53,6 +53,7 @@ const TOOLCHAIN_FIELDS: &[&str] = &[
     "cargo",
     "rust_linker",
     "host_paths",
+    "usr",
     "env",
 ];
 const KERNEL_FIELDS: &[&str] = &["recipe", "base", "fragments"];
@@ -406,6 +407,7 @@ fn toolchain(s: &mut Fields) -> Option<Toolchain> {
             .into_iter()
             .map(|(p, _)| p.into())
             .collect(),
+        usr: s.string("usr"),
         env: s.string_map("env"),
     };
     for (i, p) in tc.host_paths.iter().enumerate() {

@@ -30,6 +30,7 @@ pub const RECIPE_FIELDS: &[&str] = &[
     "permissions",
     "provides",
     "debs",
+    "links",
 ];
 const REMOTE_FIELDS: &[&str] = &[
     "url", "sha256", "blake3", "debian", "strip", "dest", "unpack",
@@ -91,6 +92,33 @@ pub fn recipe(map: &Map, loc: &Locator, files_dir: &Path) -> Result<Recipe, Vec<
         }
         None => Vec::new(),
     };
+    let links = f.string_map("links");
+    for (path, target) in &links {
+        let clean = path.starts_with('/')
+            && path
+                .split('/')
+                .skip(1)
+                .all(|c| !c.is_empty() && c != "." && c != "..");
+        if !clean || target.is_empty() {
+            let mut p = f.sub("links");
+            p.push(Seg::Key(path.clone()));
+            f.error(
+                &p,
+                format!(
+                    "link `{path}` -> `{target}` is not an absolute path in the tree and a target"
+                ),
+                "write `\"/usr/bin/awk\": \"mawk\"`",
+            );
+        }
+    }
+    if !links.is_empty() && f.get("debs").is_none() {
+        let p = f.sub("links");
+        f.error(
+            &p,
+            "`links` are made in a package set; this recipe has no `debs`",
+            "make the links in a step (`ln -s`), or add the lock",
+        );
+    }
     if f.get("debs").is_some() {
         // A locked package set is unpacked, not built.
         for field in ["sources", "patches", "steps", "build_deps"] {
@@ -146,6 +174,7 @@ pub fn recipe(map: &Map, loc: &Locator, files_dir: &Path) -> Result<Recipe, Vec<
             provides,
             permissions,
             debs,
+            links,
             span,
             files_dir: files_dir.to_path_buf(),
             dep_spans,

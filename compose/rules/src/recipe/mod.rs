@@ -27,6 +27,9 @@ pub struct Toolbox {
     pub base_env: BTreeMap<String, String>,
     /// Host directories mounted read-only in every sandbox.
     pub host_paths: Vec<PathBuf>,
+    /// The build environment's node: its tree is the sandbox's `/usr`, and
+    /// nothing of the host is mounted.
+    pub usr: Option<String>,
     pub mirrors: Vec<Mirror>,
     pub offline: bool,
     /// The `kiln` executable, re-run as `kiln __sandbox SPEC` for each build.
@@ -105,6 +108,7 @@ impl Rule for RecipeRule {
             })
             .collect();
         let mut sysroot = Vec::new();
+        let mut symlinks = host_merged_usr_links();
         for (dep, (_, output)) in exec.deps {
             let path =
                 exec.store
@@ -113,6 +117,14 @@ impl Rule for RecipeRule {
                         dep: dep.clone(),
                         source,
                     })?;
+            if self.toolbox.usr.as_ref() == Some(dep) {
+                ro_binds.push(Bind {
+                    host: path.join("usr"),
+                    inside: "/usr".into(),
+                });
+                symlinks = env_merged_usr_links(&path);
+                continue;
+            }
             ro_binds.push(Bind {
                 host: path.clone(),
                 inside: PathBuf::from("/deps").join(dep),
@@ -133,8 +145,9 @@ impl Rule for RecipeRule {
                 },
             ],
             sysroot,
-            symlinks: merged_usr_links(),
+            symlinks,
             hostname: "kiln".into(),
+            host_etc: self.toolbox.usr.is_none(),
             env: self.env(),
             cwd: "/build/src".into(),
             steps: recipe
@@ -264,8 +277,23 @@ fn link(target: &Path, link: &Path) {
     let _ = kiln_atomic::symlink(target, link, kiln_atomic::Durability::Scratch);
 }
 
-/// Debian 12 is merged-/usr: `/bin` and friends are symlinks into `/usr`.
-fn merged_usr_links() -> Vec<(PathBuf, PathBuf)> {
+/// The build environment's root links (`/bin` → `usr/bin`, ...), as its
+/// merged-/usr tree has them.
+fn env_merged_usr_links(env: &Path) -> Vec<(PathBuf, PathBuf)> {
+    crate::debs::MERGED
+        .iter()
+        .filter_map(|d| {
+            let link = env.join(d);
+            std::fs::read_link(link)
+                .ok()
+                .map(|t| (PathBuf::from("/").join(d), t))
+        })
+        .collect()
+}
+
+/// A host toolchain's: Debian 12 is merged-/usr, `/bin` and friends are
+/// symlinks into `/usr`.
+fn host_merged_usr_links() -> Vec<(PathBuf, PathBuf)> {
     ["/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"]
         .iter()
         .filter_map(|p| std::fs::read_link(p).ok().map(|t| (PathBuf::from(p), t)))

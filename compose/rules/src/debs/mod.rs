@@ -1,6 +1,7 @@
 //! The Debian package set rule: a locked set of Debian binary packages
 //! unpacked into one tree, as `dpkg-deb --extract` would (no maintainer
-//! scripts run). The first node kind beyond recipes and images: a build
+//! scripts run), merged-/usr ([`usrmerge`]), with the links the recipe
+//! declares in place of what maintainer scripts would make. The first node kind beyond recipes and images: a build
 //! environment from exact, hash-pinned packages is one of these.
 //!
 //! Its key is the packages' names, versions, architectures and sha256s, in
@@ -8,6 +9,11 @@
 //! and a new package version is a new key for this node and for exactly
 //! the nodes that build with it.
 
+mod usrmerge;
+
+pub use usrmerge::MERGED;
+
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::Arc;
 
@@ -19,13 +25,15 @@ use serde::Serialize;
 use crate::recipe::Toolbox;
 
 /// Bumped when the same lock would unpack to different bytes.
-pub const DEBS_SCHEMA: &str = "kiln-debs-v1";
+/// (v2: merged-/usr, declared links.)
+pub const DEBS_SCHEMA: &str = "kiln-debs-v2";
 
 #[derive(Serialize)]
 struct DebsKey<'a> {
     name: &'a str,
     version: &'a str,
     packages: Vec<DebKey<'a>>,
+    links: &'a BTreeMap<String, String>,
 }
 
 #[derive(Serialize)]
@@ -64,6 +72,15 @@ pub enum DebsError {
         refresh: Option<String>,
         source: FetchError,
     },
+    #[error("package set `{set}`: cannot make a merged /usr: {source}")]
+    Merge { set: String, source: std::io::Error },
+    #[error("package set `{set}`: cannot make the link {path} -> {target}: {source}")]
+    Link {
+        set: String,
+        path: String,
+        target: String,
+        source: std::io::Error,
+    },
     #[error("package set `{set}`: cannot write its log: {source}")]
     Log { set: String, source: std::io::Error },
 }
@@ -90,6 +107,7 @@ impl Rule for DebsRule {
                     sha256: &d.sha256,
                 })
                 .collect(),
+            links: &self.recipe.links,
         };
         Ok(KeyInputs::new(DEBS_SCHEMA, &key)?)
     }
@@ -135,6 +153,28 @@ impl Rule for DebsRule {
                 .map_err(fail)?;
             kiln_fetch::unpack_deb(exec.store, &digest, exec.out).map_err(fail)?;
         }
+        usrmerge::merge(exec.out).map_err(|source| DebsError::Merge {
+            set: set.clone(),
+            source,
+        })?;
+        for (path, target) in &self.recipe.links {
+            let at = exec.out.join(path.trim_start_matches('/'));
+            let made = at
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|()| match std::fs::symlink_metadata(&at) {
+                    Ok(_) => std::fs::remove_file(&at),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(e),
+                })
+                .and_then(|()| std::os::unix::fs::symlink(target, &at));
+            made.map_err(|source| DebsError::Link {
+                set: set.clone(),
+                path: path.clone(),
+                target: target.clone(),
+                source,
+            })?;
+        }
         Ok(Executed::default())
     }
 
@@ -143,6 +183,7 @@ impl Rule for DebsRule {
             "name": self.recipe.name,
             "version": self.recipe.version,
             "debs": self.recipe.debs,
+            "links": self.recipe.links,
         });
         ("package_set", value)
     }
