@@ -117,9 +117,13 @@ fn assemble(
     }
 
     log.step("strip");
+    let strip_tool = match &inputs.usr {
+        Some(env) => kiln_rootfs::Tool::in_tree(&store.materialize(&digest(env)?)?, &inputs.strip)?,
+        None => kiln_rootfs::Tool::from(inputs.strip.as_str()),
+    };
     let stripped = kiln_rootfs::strip(
         &mut rootfs.tree,
-        &inputs.strip,
+        strip_tool,
         &work.join("strip"),
         &rootfs_opts.elf_skip,
     )?;

@@ -78,9 +78,13 @@ pub struct ImageInputs {
     pub os: OsRelease,
     pub layout: kiln_disk::LayoutSpec,
     pub config_json: serde_json::Map<String, serde_json::Value>,
-    /// The stripping is done with the toolchain's `strip`.
+    /// The stripping is done with the toolchain's `strip`: the host's,
+    /// fingerprinted in `toolchain`, or the build environment's.
     pub strip: String,
     pub toolchain: Fingerprint,
+    /// The build environment's output (hex, or `drv:`) when the toolchain
+    /// has one: `strip` runs from it.
+    pub usr: Option<String>,
     pub epoch: u64,
     pub packages: Vec<ImageInput>,
     pub kernel: Option<ImageInput>,

@@ -118,6 +118,14 @@ pub enum RootfsError {
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: io::Error },
 
+    /// A build environment's tool can't be run from the host.
+    #[error("cannot run `{tool}` from the build environment {}: {reason}", root.display())]
+    Tool {
+        tool: String,
+        root: PathBuf,
+        reason: String,
+    },
+
     /// Creating or renaming a temporary file.
     #[error(transparent)]
     Atomic(#[from] kiln_atomic::Error),

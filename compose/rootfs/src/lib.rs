@@ -63,7 +63,7 @@ pub use state::{
     mount_unit, prepare_unit, BindKind, BindUnit, MACHINE_ID_SOURCE, OVERLAY, PREPARE_CONF,
     PREPARE_UNIT, UNIT_DIR,
 };
-pub use strip::{strip, StripReport};
+pub use strip::{strip, StripReport, Tool};
 pub use units::UNIT_DIRS;
 
 /// One built package, as the image needs it.

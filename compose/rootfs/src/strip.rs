@@ -19,6 +19,8 @@
 //! `strip` itself is deterministic, so the same input gives the same bytes.
 
 use std::collections::HashMap;
+use std::ffi::OsString;
+use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -29,6 +31,112 @@ use kiln_fstree::{Data, Kind, Tree};
 use crate::closure::is_skipped;
 use crate::elf::{host_path, read_if_elf, ElfInfo, ET_DYN, ET_EXEC};
 use crate::error::{IoContext, RootfsError};
+
+/// The `strip` to run: a program and the arguments that always come first.
+/// A tool from a build environment in the store runs through that
+/// environment's own dynamic linker (`ld.so --library-path ... strip`),
+/// so neither the host's binutils nor its libraries are used.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tool {
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+}
+
+impl From<&str> for Tool {
+    /// A tool found on PATH by name.
+    fn from(name: &str) -> Tool {
+        Tool {
+            program: PathBuf::from(name),
+            args: Vec::new(),
+        }
+    }
+}
+
+impl Tool {
+    /// `name` from `root`'s `/usr/bin`, run from the host with `root`'s own
+    /// dynamic linker and libraries: how a build environment's `strip`
+    /// runs without the host's binutils. Symlinks are followed inside
+    /// `root` (an absolute target means `root`'s, not the host's).
+    pub fn in_tree(root: &Path, name: &str) -> Result<Tool, RootfsError> {
+        let fail = |reason: String| RootfsError::Tool {
+            tool: name.to_string(),
+            root: root.to_path_buf(),
+            reason,
+        };
+        let program = resolve_in(root, &Path::new("/usr/bin").join(name)).map_err(fail)?;
+        let bytes = fs::read(&program).at(&program)?;
+        let info = ElfInfo::parse(&bytes)
+            .map_err(|e| fail(format!("{} is not an ELF program: {e}", program.display())))?;
+        let interp = info
+            .interp
+            .ok_or_else(|| fail(format!("{} has no dynamic linker", program.display())))?;
+        let ld = resolve_in(root, Path::new(&interp)).map_err(fail)?;
+        let mut libs = OsString::new();
+        if let Some(dir) = ld.parent() {
+            libs.push(dir);
+            libs.push(":");
+        }
+        libs.push(root.join("usr/lib"));
+        Ok(Tool {
+            program: ld,
+            args: vec!["--library-path".into(), libs, program.into_os_string()],
+        })
+    }
+}
+
+/// `path` inside `root`, its symlinks followed within `root`.
+fn resolve_in(root: &Path, path: &Path) -> Result<PathBuf, String> {
+    let mut cur = PathBuf::from("/");
+    let mut todo: Vec<std::ffi::OsString> = path
+        .components()
+        .rev()
+        .filter_map(|c| match c {
+            std::path::Component::Normal(n) => Some(n.to_os_string()),
+            _ => None,
+        })
+        .collect();
+    let mut hops = 0;
+    while let Some(part) = todo.pop() {
+        if part == ".." {
+            cur.pop();
+            continue;
+        }
+        let next = cur.join(&part);
+        let on_host = root.join(next.strip_prefix("/").unwrap_or(&next));
+        match fs::symlink_metadata(&on_host) {
+            Ok(m) if m.file_type().is_symlink() => {
+                hops += 1;
+                if hops > 40 {
+                    return Err(format!("too many links resolving {}", path.display()));
+                }
+                let target = fs::read_link(&on_host).map_err(|e| e.to_string())?;
+                if target.is_absolute() {
+                    cur = PathBuf::from("/");
+                }
+                for c in target.components().rev() {
+                    match c {
+                        std::path::Component::Normal(n) => todo.push(n.to_os_string()),
+                        std::path::Component::ParentDir => todo.push("..".into()),
+                        _ => {}
+                    }
+                }
+            }
+            Ok(_) => cur = next,
+            Err(e) => return Err(format!("{} in {}: {e}", next.display(), root.display())),
+        }
+    }
+    Ok(root.join(cur.strip_prefix("/").unwrap_or(&cur)))
+}
+
+impl fmt::Display for Tool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.program.display())?;
+        for a in &self.args {
+            write!(f, " {}", a.to_string_lossy())?;
+        }
+        Ok(())
+    }
+}
 
 /// Flags every strip run gets, after the per-kind one.
 const COMMON: [&str; 3] = [
@@ -57,10 +165,11 @@ pub struct StripReport {
 /// (the image writer reads from it); the caller removes it.
 pub fn strip(
     tree: &mut Tree,
-    strip: &str,
+    strip: impl Into<Tool>,
     work_dir: &Path,
     skip: &[String],
 ) -> Result<StripReport, RootfsError> {
+    let strip = strip.into();
     fs::create_dir_all(work_dir).at(work_dir)?;
     let paths: Vec<String> = tree
         .iter()
@@ -92,7 +201,7 @@ pub fn strip(
         let copy = match done.get(&digest) {
             Some(copy) => copy.clone(),
             None => {
-                let copy = strip_one(strip, how, &path, &data, &bytes, &digest, work_dir)?;
+                let copy = strip_one(&strip, how, &path, &data, &bytes, &digest, work_dir)?;
                 done.insert(digest, copy.clone());
                 copy
             }
@@ -115,7 +224,7 @@ pub fn strip(
 /// Runs strip on one file; the stripped copy, or `None` if strip changed
 /// nothing.
 fn strip_one(
-    strip: &str,
+    strip: &Tool,
     how: &str,
     path: &str,
     data: &Data,
@@ -136,7 +245,8 @@ fn strip_one(
             input
         }
     };
-    let result = Command::new(strip)
+    let result = Command::new(&strip.program)
+        .args(&strip.args)
         .arg(how)
         .args(COMMON)
         .arg("-o")

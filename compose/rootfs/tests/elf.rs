@@ -390,3 +390,28 @@ fn strip_failure_names_the_file() {
     let err = strip(&mut tree, "no-such-strip-kiln", &env.scratch("s2"), &[]).unwrap_err();
     assert!(err.to_string().contains("could not run"), "{err}");
 }
+
+/// A tree's own tool runs from the host through the tree's dynamic linker
+/// (here the tree is the host's own root, whose links are absolute too).
+#[test]
+fn a_trees_strip_runs_through_its_own_dynamic_linker() {
+    let tool = kiln_rootfs::Tool::in_tree(std::path::Path::new("/"), "strip").unwrap();
+    assert!(
+        tool.program.to_string_lossy().contains("ld-linux"),
+        "{tool}"
+    );
+    let out = std::process::Command::new(&tool.program)
+        .args(&tool.args)
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("GNU strip"));
+    let err =
+        kiln_rootfs::Tool::in_tree(std::path::Path::new("/"), "no-such-strip-kiln").unwrap_err();
+    assert!(err.to_string().contains("no-such-strip-kiln"), "{err}");
+}

@@ -122,6 +122,19 @@ impl ImageRule {
             config_json: b.config_json.clone(),
             strip: b.toolchain.strip.clone(),
             toolchain: self.fingerprint.clone(),
+            usr: match &b.toolchain.usr {
+                Some(env) => Some(
+                    deps.get(env)
+                        .ok_or_else(|| {
+                            self.fail(ImageError::NotBuilt {
+                                package: env.clone(),
+                            })
+                        })?
+                        .output
+                        .clone(),
+                ),
+                None => None,
+            },
             epoch: SOURCE_DATE_EPOCH,
             packages,
             kernel,

@@ -83,6 +83,8 @@ pub fn plan(eval: &Evaluation, roots: &[(String, Span)], image: bool) -> Result<
     let mut needs = recipes.runtime_closure(&b.packages);
     needs.extend(b.kernel.iter().map(|k| k.recipe.clone()));
     needs.extend(b.bootloader.iter().map(|l| l.recipe.clone()));
+    // With a build environment, the image's strip comes from it.
+    needs.extend(b.toolchain.usr.iter().cloned());
     needs.sort();
     needs.dedup();
     decls.insert(
