@@ -531,3 +531,64 @@ fn local_files_build_the_same_bytes_whatever_the_checkout_umask() {
     assert!(second.status.success(), "{}", stderr(&second));
     assert_eq!(output(&first), output(&second));
 }
+
+/// Patches apply in order inside the sandbox, with the build
+/// environment's GNU patch (never the host's), and a failure names the
+/// patch and where the recipe lists it.
+#[test]
+fn patches_apply_in_order_and_failures_name_the_patch() {
+    let p = TestProject::new();
+    p.board(&["greet"]);
+    p.write("recipes/greet/greeting.txt", "hello\nworld\n");
+    p.write(
+        "recipes/greet/0001-shout.patch",
+        "--- a/greeting.txt\n+++ b/greeting.txt\n@@ -1,2 +1,2 @@\n-hello\n+HELLO\n world\n",
+    );
+    p.write(
+        "recipes/greet/0002-does-not-apply.patch",
+        "--- a/greeting.txt\n+++ b/greeting.txt\n@@ -1,2 +1,2 @@\n-goodbye\n+GOODBYE\n moon\n",
+    );
+    let recipe = |patches: &str| {
+        format!(
+            "#{{ name: \"greet\", version: \"1\",\n  sources: [#{{ file: \"greeting.txt\" }}],\n  patches: [{patches}],\n  steps: [\"cp greeting.txt /out/\", \"ls > /out/files\"] }}\n"
+        )
+    };
+    p.write("recipes/greet.rhai", &recipe("\"0001-shout.patch\""));
+    let o = build(&p, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = p.root().join("out/test-board/greet");
+    assert_eq!(
+        std::fs::read_to_string(out.join("greeting.txt")).expect("patched"),
+        "HELLO\nworld\n"
+    );
+    // --no-backup-if-mismatch: no .orig litter in the tree.
+    let files = std::fs::read_to_string(out.join("files")).expect("files");
+    assert!(!files.contains(".orig"), "{files}");
+
+    p.write(
+        "recipes/greet.rhai",
+        &recipe("\"0001-shout.patch\", \"0002-does-not-apply.patch\""),
+    );
+    let o = build(&p, &[]);
+    assert!(!o.status.success());
+    let msg = format!("{}{}", stdout(&o), stderr(&o));
+    assert!(
+        msg.contains("recipe `greet`: patch `0002-does-not-apply.patch` (recipes/greet.rhai:"),
+        "{msg}"
+    );
+    assert!(msg.contains("FAILED"), "patch's output is included: {msg}");
+
+    // --forward: the same patch twice is an error, not a reversal.
+    p.write(
+        "recipes/greet.rhai",
+        &recipe("\"0001-shout.patch\", \"0001-shout.patch\""),
+    );
+    let o = build(&p, &[]);
+    assert!(!o.status.success());
+    let msg = format!("{}{}", stdout(&o), stderr(&o));
+    assert!(msg.contains("patch `0001-shout.patch`"), "{msg}");
+    assert!(
+        msg.contains("Reversed (or previously applied) patch detected"),
+        "{msg}"
+    );
+}

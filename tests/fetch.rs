@@ -321,48 +321,6 @@ fn non_archives_are_named_and_can_be_copied() {
     assert_eq!(fs::read(dest).unwrap(), b"just a file\n");
 }
 
-#[test]
-fn patches_apply_in_order_and_failures_name_the_patch() {
-    let e = env();
-    let src = e.dir("src");
-    fs::write(src.join("greeting.txt"), "hello\nworld\n").unwrap();
-    let patches = e.dir("patches");
-    let good = patches.join("0001-shout.patch");
-    fs::write(
-        &good,
-        "--- a/greeting.txt\n+++ b/greeting.txt\n@@ -1,2 +1,2 @@\n-hello\n+HELLO\n world\n",
-    )
-    .unwrap();
-    let bad = patches.join("0002-does-not-apply.patch");
-    fs::write(
-        &bad,
-        "--- a/greeting.txt\n+++ b/greeting.txt\n@@ -1,2 +1,2 @@\n-goodbye\n+GOODBYE\n moon\n",
-    )
-    .unwrap();
-
-    fetch::apply_patches(&src, &[(good.clone(), 1)]).unwrap();
-    assert_eq!(
-        fs::read_to_string(src.join("greeting.txt")).unwrap(),
-        "HELLO\nworld\n"
-    );
-
-    let err = fetch::apply_patches(&src, &[(bad.clone(), 1)]).unwrap_err();
-    let msg = err.to_string();
-    assert!(matches!(err, FetchError::PatchFailed { .. }), "{msg}");
-    assert!(msg.contains("0002-does-not-apply.patch"), "{msg}");
-    assert!(msg.contains("FAILED"), "patch's output is included: {msg}");
-    // --no-backup-if-mismatch: no .orig/.rej litter besides the reject file
-    assert!(!src.join("greeting.txt.orig").exists());
-
-    // --forward: applying the first one again is an error, not a reversal.
-    let err = fetch::apply_patches(&src, &[(good, 1)]).unwrap_err();
-    assert!(err.to_string().contains("0001-shout.patch"), "{err}");
-    assert_eq!(
-        fs::read_to_string(src.join("greeting.txt")).unwrap(),
-        "HELLO\nworld\n"
-    );
-}
-
 /// Serves `routes` (path → status, body) on 127.0.0.1 and records request
 /// paths; anything else is a 404.
 fn serve(routes: Vec<(String, u16, Vec<u8>)>) -> (u16, Arc<Mutex<Vec<String>>>) {

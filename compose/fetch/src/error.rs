@@ -4,7 +4,6 @@
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
-use std::process::ExitStatus;
 
 use kiln_model::SourceHash;
 use kiln_store::StoreError;
@@ -77,21 +76,6 @@ pub enum FetchError {
         digest: String,
         entry: PathBuf,
         reason: String,
-    },
-
-    #[error("cannot run `patch` for {}: {source} (is GNU patch installed?)", patch.display())]
-    PatchSpawn {
-        patch: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-
-    #[error("patch {} does not apply in {} ({status}):\n{output}", patch.display(), dir.display())]
-    PatchFailed {
-        patch: PathBuf,
-        dir: PathBuf,
-        status: ExitStatus,
-        output: String,
     },
 }
 

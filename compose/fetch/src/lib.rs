@@ -9,12 +9,10 @@
 mod error;
 mod fetcher;
 mod mirror;
-mod patch;
 mod place;
 mod unpack;
 
 pub use error::{Attempt, Failure, FetchError};
 pub use fetcher::Fetcher;
 pub use mirror::Mirror;
-pub use patch::apply_patches;
 pub use unpack::{copy_file, unpack, unpack_deb};

@@ -31,8 +31,18 @@ pub enum RecipeError {
         source: std::io::Error,
     },
 
-    #[error("recipe `{recipe}`: {source}")]
-    Patch { recipe: String, source: FetchError },
+    #[error(
+        "recipe `{recipe}`: patch `{patch}` ({span}) does not apply (patch ended with {how})\n--- last {LOG_TAIL_LINES} lines of {} ---\n{tail}",
+        log.display()
+    )]
+    PatchFailed {
+        recipe: String,
+        patch: String,
+        span: String,
+        how: String,
+        log: PathBuf,
+        tail: String,
+    },
 
     #[error("cannot materialize the output of `{dep}`: {source}")]
     Materialize { dep: String, source: StoreError },

@@ -85,7 +85,8 @@ impl Rule for RecipeRule {
         let name = &recipe.name;
         let src = exec.work.join("src");
         let scratch = exec.work.join("sandbox");
-        for d in [&src, &scratch] {
+        let patches = exec.work.join("patches");
+        for d in [&src, &scratch, &patches] {
             std::fs::create_dir_all(d).map_err(|source| RecipeError::Dir {
                 path: d.clone(),
                 source,
@@ -97,6 +98,7 @@ impl Rule for RecipeRule {
             self.toolbox.offline,
         );
         sources::prepare(recipe, &fetcher, exec.store, &src)?;
+        let patch_steps = sources::stage_patches(recipe, &patches)?;
 
         let mut ro_binds: Vec<Bind> = self
             .toolbox
@@ -107,6 +109,12 @@ impl Rule for RecipeRule {
                 inside: p.clone(),
             })
             .collect();
+        if !patch_steps.is_empty() {
+            ro_binds.push(Bind {
+                host: patches.clone(),
+                inside: sources::PATCHES_INSIDE.into(),
+            });
+        }
         let mut sysroot = Vec::new();
         let mut symlinks = host_merged_usr_links();
         for (dep, (_, output)) in exec.deps {
@@ -150,14 +158,14 @@ impl Rule for RecipeRule {
             host_etc: self.toolbox.usr.is_none(),
             env: self.env(),
             cwd: "/build/src".into(),
-            steps: recipe
-                .steps
+            steps: patch_steps
                 .iter()
-                .map(|s| SandboxStep {
+                .cloned()
+                .chain(recipe.steps.iter().map(|s| SandboxStep {
                     name: s.name.clone(),
                     argv: s.argv.clone(),
                     env: s.env.clone(),
-                })
+                }))
                 .collect(),
             log: exec.log.to_path_buf(),
         };
@@ -174,6 +182,20 @@ impl Rule for RecipeRule {
                     (None, Some(s)) => format!("signal {s}"),
                     _ => "an unknown status".into(),
                 };
+                let log = exec.kept_log.to_path_buf();
+                let tail = kiln_engine::tail(exec.log, LOG_TAIL_LINES);
+                if let Some(p) = recipe.patches.get(index) {
+                    return Err(RecipeError::PatchFailed {
+                        recipe: name.clone(),
+                        patch: p.path.clone(),
+                        span: p.span.to_string(),
+                        how,
+                        log,
+                        tail,
+                    }
+                    .into());
+                }
+                let index = index - recipe.patches.len();
                 let span = recipe
                     .steps
                     .get(index)
@@ -186,8 +208,8 @@ impl Rule for RecipeRule {
                     name: step,
                     span,
                     how,
-                    log: exec.kept_log.to_path_buf(),
-                    tail: kiln_engine::tail(exec.log, LOG_TAIL_LINES),
+                    log,
+                    tail,
                 }
                 .into());
             }

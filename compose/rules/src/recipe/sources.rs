@@ -1,17 +1,18 @@
 //! A recipe's sources in its build tree: remote ones fetched (verified) and
-//! unpacked or copied, local ones copied with normalized modes, then the
-//! patches.
+//! unpacked or copied, local ones copied with normalized modes; and its
+//! patches, staged to be applied inside the sandbox.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use kiln_engine::NodeError;
 use kiln_fetch::Fetcher;
 use kiln_model::{Recipe, Source};
+use kiln_sandbox::SandboxStep;
 use kiln_store::Store;
 
 use super::RecipeError;
 
-/// Fetches, unpacks and patches `recipe`'s sources into `src`.
+/// Fetches and unpacks `recipe`'s sources into `src`.
 pub(super) fn prepare(
     recipe: &Recipe,
     fetcher: &Fetcher,
@@ -67,18 +68,51 @@ pub(super) fn prepare(
             }
         }
     }
-    let patches: Vec<(PathBuf, u32)> = recipe
-        .patches
-        .iter()
-        .map(|p| (recipe.files_dir.join(&p.path), p.strip))
-        .collect();
-    kiln_fetch::apply_patches(src, &patches).map_err(|source| {
-        RecipeError::Patch {
-            recipe: name.clone(),
+    Ok(())
+}
+
+/// Where the staged patches are inside the sandbox.
+pub(super) const PATCHES_INSIDE: &str = "/build/patches";
+
+/// Copies the recipe's patches into `dir` (bound read-only at
+/// [`PATCHES_INSIDE`]) and returns the steps that apply them, in order,
+/// before the recipe's own: the build environment's GNU patch runs them,
+/// never the host's. `--forward` makes an already-applied patch an error
+/// rather than a silent reversal, `--batch` keeps patch from asking
+/// questions nobody answers, and no `.orig` backups are left.
+pub(super) fn stage_patches(recipe: &Recipe, dir: &Path) -> Result<Vec<SandboxStep>, NodeError> {
+    let mut steps = Vec::new();
+    for (i, p) in recipe.patches.iter().enumerate() {
+        let from = recipe.files_dir.join(&p.path);
+        let name = format!(
+            "{:02}-{}",
+            i + 1,
+            Path::new(&p.path)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        );
+        copy_tree(&from, &dir.join(&name)).map_err(|source| RecipeError::CopyLocal {
+            recipe: recipe.name.clone(),
+            span: p.span.to_string(),
+            from: from.clone(),
             source,
-        }
-        .into()
-    })
+        })?;
+        steps.push(SandboxStep {
+            name: format!("patch {}", p.path),
+            argv: vec![
+                "patch".into(),
+                "--batch".into(),
+                "--forward".into(),
+                "--no-backup-if-mismatch".into(),
+                format!("-p{}", p.strip),
+                "-i".into(),
+                format!("{PATCHES_INSIDE}/{name}"),
+            ],
+            env: [("LC_ALL".to_string(), "C".to_string())].into(),
+        });
+    }
+    Ok(steps)
 }
 
 /// Copies a recipe's local file or directory into the build, keeping
