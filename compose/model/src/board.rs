@@ -44,6 +44,13 @@ pub struct Toolchain {
     /// Every recipe of the board build-depends on it, so its output digest
     /// is in every key.
     pub usr: Option<String>,
+    /// Recipes every recipe of the board builds with (except these
+    /// themselves and package sets): the target's C library and the
+    /// compiler that knows only `/sysroot`.
+    pub build_deps: Vec<String>,
+    /// Compilers run with `--sysroot=/sysroot`: the target's headers,
+    /// crt files and libraries come from the build dependencies only.
+    pub sysroot: bool,
     /// Extra environment for every build with this toolchain.
     pub env: BTreeMap<String, String>,
 }

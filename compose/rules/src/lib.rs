@@ -55,18 +55,26 @@ pub fn board_roots(eval: &Evaluation) -> Vec<(String, Span)> {
 /// `image`, the board's image after them. Errors point at the recipe or
 /// board line that named the missing or cyclic dependency.
 pub fn plan(eval: &Evaluation, roots: &[(String, Span)], image: bool) -> Result<Plan, Diagnostics> {
-    // A build environment is every recipe's build dependency (its steps run
-    // with it as /usr); a package set needs none.
-    let usr = eval.board.toolchain.usr.as_ref();
+    // The build environment and the toolchain's build dependencies (the
+    // target's C library and compiler) are every recipe's build
+    // dependencies: its steps run with the one as /usr and compile with
+    // the others. A package set needs none, and the toolchain's own
+    // recipes don't build with themselves.
+    let tc = &eval.board.toolchain;
     let mut decls: BTreeMap<String, Vec<(String, DepKind)>> = eval
         .recipes
         .values()
         .map(|r| {
-            let env = usr.filter(|_| r.debs.is_empty());
+            let toolchain = tc
+                .build_deps
+                .iter()
+                .filter(|_| !tc.build_deps.contains(&r.name));
+            let given = tc.usr.iter().chain(toolchain);
+            let given = given.filter(|_| r.debs.is_empty());
             let deps = r
                 .build_deps
                 .iter()
-                .chain(env)
+                .chain(given)
                 .map(|d| (d.clone(), DepKind::Build))
                 .chain(r.runtime_deps.iter().map(|d| (d.clone(), DepKind::Runtime)))
                 .collect();
@@ -183,6 +191,17 @@ pub fn check(eval: &Evaluation) -> Result<(), Diagnostics> {
         );
     }
     let board = &eval.board;
+    for dep in &board.toolchain.build_deps {
+        if !eval.recipes.contains_key(dep) {
+            errors.push(
+                Diagnostic::new(
+                    board.span.clone(),
+                    format!("the toolchain's `build_deps` names `{dep}`, which is no recipe"),
+                )
+                .help("name recipes every build needs, like recipes/libc-dev.rhai and recipes/target-gcc.rhai"),
+            );
+        }
+    }
     if let Some(usr) = &board.toolchain.usr {
         let problem = match eval.recipes.get(usr) {
             None => Some(format!(

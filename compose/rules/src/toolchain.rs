@@ -281,6 +281,10 @@ fn dir_listing_hash(dir: &Path) -> String {
         .to_string()
 }
 
+/// Where every sandbox merges its build dependencies, the target's C
+/// library among them, as gcc is told.
+const SYSROOT_FLAG: &str = "--sysroot=/sysroot";
+
 /// The environment every step of a build starts from (before the recipe's own).
 pub fn base_env(tc: &Toolchain, target: &Target, cc: &str) -> BTreeMap<String, String> {
     let mut env = BTreeMap::new();
@@ -304,8 +308,22 @@ pub fn base_env(tc: &Toolchain, target: &Target, cc: &str) -> BTreeMap<String, S
     set("KILN_SRC", "/build/src".into());
     set("KILN_OUT", "/out".into());
     set("KILN_SYSROOT", "/sysroot".into());
-    set("CC", cc.to_string());
-    set("CXX", tc.cxx.clone());
+    // With the target's C library in /sysroot (a toolchain `sysroot`), every
+    // compiler invocation is told so: in CC and CXX themselves, because
+    // configure scripts preprocess and link with $CC alone, and in the
+    // flags, because some builds (busybox, ...) call `${CROSS_COMPILE}gcc`.
+    // gcc then searches only /sysroot for the target's headers, crt files
+    // and libraries, never the build environment's /usr/include. (A native
+    // gcc also searches its installation's own /usr/lib, the build
+    // environment's: the boards' compiler is therefore gcc relocated into
+    // a prefix of its own, recipes/target-gcc.rhai.)
+    let sysroot = tc.sysroot;
+    let with_sysroot = |tool: &str| match sysroot {
+        true => format!("{tool} {SYSROOT_FLAG}"),
+        false => tool.to_string(),
+    };
+    set("CC", with_sysroot(cc));
+    set("CXX", with_sysroot(&tc.cxx));
     set("AR", tc.ar.clone());
     set("LD", tc.ld.clone());
     set("NM", tc.nm.clone());
@@ -316,17 +334,34 @@ pub fn base_env(tc: &Toolchain, target: &Target, cc: &str) -> BTreeMap<String, S
     let mut cflags = vec!["-O2".to_string()];
     cflags.extend(target.cpu_flags.iter().cloned());
     cflags.push("-ffile-prefix-map=/build/src=.".into());
+    let mut ldflags = vec![
+        "-L/sysroot/usr/lib".to_string(),
+        "-Wl,-rpath-link,/sysroot/usr/lib".into(),
+    ];
+    if sysroot {
+        cflags.insert(0, SYSROOT_FLAG.into());
+        ldflags.insert(0, SYSROOT_FLAG.into());
+        // The library's own directory, where Debian's -dev packages put
+        // their libraries (/usr/lib/<triple>), for shared libraries that
+        // need others at link time.
+        ldflags.push(format!(
+            "-Wl,-rpath-link,/sysroot/usr/lib/{}",
+            target.triple
+        ));
+        set("CPPFLAGS", SYSROOT_FLAG.into());
+    } else {
+        set("CPPFLAGS", "-I/sysroot/usr/include".into());
+    }
     set("CFLAGS", cflags.join(" "));
     set("CXXFLAGS", cflags.join(" "));
-    set("CPPFLAGS", "-I/sysroot/usr/include".into());
-    set(
-        "LDFLAGS",
-        "-L/sysroot/usr/lib -Wl,-rpath-link,/sysroot/usr/lib".into(),
-    );
+    set("LDFLAGS", ldflags.join(" "));
     set("PKG_CONFIG_SYSROOT_DIR", "/sysroot".into());
     set(
         "PKG_CONFIG_LIBDIR",
-        "/sysroot/usr/lib/pkgconfig:/sysroot/usr/share/pkgconfig".into(),
+        format!(
+            "/sysroot/usr/lib/pkgconfig:/sysroot/usr/lib/{}/pkgconfig:/sysroot/usr/share/pkgconfig",
+            target.triple
+        ),
     );
     set("RUSTC", tc.rustc.clone());
     set("CARGO", tc.cargo.clone());
@@ -338,6 +373,14 @@ pub fn base_env(tc: &Toolchain, target: &Target, cc: &str) -> BTreeMap<String, S
         target.rust_triple.to_uppercase().replace('-', "_")
     );
     set(&linker_var, tc.rust_linker.clone());
+    // rustc links through gcc, which finds the target's crt files and libc
+    // in the sysroot only when told; paths in the binary are the source
+    // tree's, relative, whatever the build directory.
+    let mut rustflags = vec!["--remap-path-prefix=/build/src=.".to_string()];
+    if sysroot {
+        rustflags.push(format!("-Clink-arg={SYSROOT_FLAG}"));
+    }
+    set("RUSTFLAGS", rustflags.join(" "));
     for (k, v) in &tc.env {
         env.insert(k.clone(), v.clone());
     }
@@ -364,6 +407,8 @@ mod tests {
             rust_linker: String::new(),
             host_paths: Vec::new(),
             usr: None,
+            build_deps: Vec::new(),
+            sysroot: false,
             env: BTreeMap::new(),
         }
     }

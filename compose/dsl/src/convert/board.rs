@@ -54,6 +54,8 @@ const TOOLCHAIN_FIELDS: &[&str] = &[
     "rust_linker",
     "host_paths",
     "usr",
+    "build_deps",
+    "sysroot",
     "env",
 ];
 const KERNEL_FIELDS: &[&str] = &["recipe", "base", "fragments"];
@@ -408,6 +410,12 @@ fn toolchain(s: &mut Fields) -> Option<Toolchain> {
             .map(|(p, _)| p.into())
             .collect(),
         usr: s.string("usr"),
+        build_deps: s
+            .strings("build_deps")
+            .into_iter()
+            .map(|(d, _)| d)
+            .collect(),
+        sysroot: s.bool("sysroot").unwrap_or(false),
         env: s.string_map("env"),
     };
     for (i, p) in tc.host_paths.iter().enumerate() {
