@@ -268,8 +268,8 @@ fn board_build_ends_in_a_checked_cached_image() {
 /// files written in another order), the store, the user, the clock (a
 /// year ahead, SOURCE_DATE_EPOCH fixed), the umask, the number of jobs,
 /// the host's installed tools (hidden, and failing ones first on PATH),
-/// the order of directory entries in the build trees (disorderfs), the
-/// time zone, the locale and the host name. `scripts/repro-check` makes
+/// the order of directory entries in the build trees (a tmpfs against the
+/// store's ext4), the time zone, the locale and the host name. `scripts/repro-check` makes
 /// the variations and compares every node's output and the image; this
 /// test runs it with build A in the test store (empty when CI starts)
 /// and B in a new, empty one. What the machine can't vary is a skip.

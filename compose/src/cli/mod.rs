@@ -242,6 +242,11 @@ impl Failure {
 pub(crate) type CliResult = Result<(), Failure>;
 
 pub fn main() -> ExitCode {
+    // Every file and directory Kiln makes (unpacked sources, package sets,
+    // build trees, store entries, out/) gets the same modes whoever runs
+    // it: outputs must not depend on the caller's umask, and the sandbox
+    // sets the same one for the build steps.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
     let cli = Cli::parse();
     if let Command::Sandbox { spec } = &cli.command {
         return ExitCode::from(kiln_sandbox::sandbox_main(spec).clamp(0, 255) as u8);
