@@ -241,3 +241,67 @@ fn a_bad_lock_or_a_missing_package_says_which_and_what_to_do() {
     );
     assert!(err.contains("error: 1 package set failed: env"), "{err}");
 }
+
+/// `exclude` leaves paths out of a package set (a file, or what a glob in
+/// the last component names, directories with everything below them), is
+/// part of the set's key, and a path that names nothing fails the build
+/// with the path, so a lock refresh that moved it is noticed.
+#[test]
+fn exclude_leaves_paths_out_and_is_keyed() {
+    let p = TestProject::new();
+    let debs = tempfile::tempdir().expect("tmp");
+    let mirror_dir = tempfile::tempdir().expect("tmp");
+    let (a, a_sha) = make_deb(debs.path(), "env-a", "1.0", "hello-a");
+    let (b, b_sha) = make_deb(debs.path(), "env-b", "1.0", "hello-b");
+    mirror(mirror_dir.path(), &a, &a_sha);
+    mirror(mirror_dir.path(), &b, &b_sha);
+    lock(&p, &[("env-a", "1.0", &a_sha), ("env-b", "1.0", &b_sha)]);
+    let set = |exclude: &str| {
+        format!("#{{ name: \"env\", version: \"1\", debs: \"debian.lock\", exclude: [{exclude}] }}")
+    };
+    p.write("recipes/env.rhai", &set(""));
+    p.board(&["env"]);
+    let mirror_arg = mirror_dir.path().display().to_string();
+    let build = |p: &TestProject| p.kiln(&["--offline", "--mirror", &mirror_arg, "build", "env"]);
+    let env = p.root().join("out/test-board/env");
+
+    let before = derivations(p.root(), p.store.path(), "test-board", &[]);
+    p.write("recipes/env.rhai", &set("\"/usr/bin/env-b\""));
+    let after = derivations(p.root(), p.store.path(), "test-board", &[]);
+    assert_ne!(before["env"], after["env"], "exclude is in the key");
+    let o = build(&p);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(env.join("usr/bin/env-a").is_file());
+    assert!(!env.join("usr/bin/env-b").exists(), "env-b was excluded");
+
+    p.write("recipes/env.rhai", &set("\"/usr/b*\""));
+    let o = build(&p);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(env.join("usr").is_dir());
+    assert!(!env.join("usr/bin").exists(), "the glob took the directory");
+
+    p.write("recipes/env.rhai", &set("\"/usr/bin/nothing-*\""));
+    let o = build(&p);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains(
+            "package set `env`: `exclude` names /usr/bin/nothing-*, which none of its packages has"
+        ),
+        "{err}"
+    );
+
+    // Only a package set has anything to exclude.
+    p.write(
+        "recipes/env.rhai",
+        "#{ name: \"env\", version: \"1\", exclude: [\"/usr/share/doc\"], steps: [\"true\"] }",
+    );
+    let o = p.kiln(&["check"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o)
+            .contains("`exclude` leaves paths out of a package set; this recipe has no `debs`"),
+        "{}",
+        stderr(&o)
+    );
+}

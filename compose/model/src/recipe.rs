@@ -127,6 +127,11 @@ pub struct Recipe {
     /// the tree → target): what maintainer scripts would have made, like
     /// the `awk` and `cc` alternatives.
     pub links: BTreeMap<String, String>,
+    /// Absolute paths left out of a package set after unpacking (a
+    /// directory with everything below it): documentation, or another
+    /// architecture's libraries that a cross build never loads, which would
+    /// otherwise be stored, materialized and shared with every build.
+    pub exclude: Vec<String>,
     /// Capabilities a board can require of the recipe (a bootloader's
     /// `ab-boot`, `table:mbr`); checked at evaluation, never hashed.
     pub provides: Vec<String>,

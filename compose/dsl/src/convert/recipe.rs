@@ -31,6 +31,7 @@ pub const RECIPE_FIELDS: &[&str] = &[
     "provides",
     "debs",
     "links",
+    "exclude",
 ];
 const REMOTE_FIELDS: &[&str] = &[
     "url", "sha256", "blake3", "debian", "strip", "dest", "unpack",
@@ -119,6 +120,15 @@ pub fn recipe(map: &Map, loc: &Locator, files_dir: &Path) -> Result<Recipe, Vec<
             "make the links in a step (`ln -s`), or add the lock",
         );
     }
+    let exclude = abs_paths(&mut f, "exclude");
+    if !exclude.is_empty() && f.get("debs").is_none() {
+        let p = f.sub("exclude");
+        f.error(
+            &p,
+            "`exclude` leaves paths out of a package set; this recipe has no `debs`",
+            "remove the files in a step (`rm -r`), or add the lock",
+        );
+    }
     if f.get("debs").is_some() {
         // A locked package set is unpacked, not built.
         for field in ["sources", "patches", "steps", "build_deps"] {
@@ -175,6 +185,7 @@ pub fn recipe(map: &Map, loc: &Locator, files_dir: &Path) -> Result<Recipe, Vec<
             permissions,
             debs,
             links,
+            exclude,
             span,
             files_dir: files_dir.to_path_buf(),
             dep_spans,

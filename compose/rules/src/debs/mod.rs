@@ -15,6 +15,7 @@ pub use usrmerge::MERGED;
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::path::Path;
 use std::sync::Arc;
 
 use kiln_engine::{Deps, Exec, Executed, Failure, KeyInputs, NodeError, Publish, Rule};
@@ -25,8 +26,8 @@ use serde::Serialize;
 use crate::recipe::Toolbox;
 
 /// Bumped when the same lock would unpack to different bytes.
-/// (v2: merged-/usr, declared links.)
-pub const DEBS_SCHEMA: &str = "kiln-debs-v2";
+/// (v2: merged-/usr, declared links; v3: excluded paths.)
+pub const DEBS_SCHEMA: &str = "kiln-debs-v3";
 
 #[derive(Serialize)]
 struct DebsKey<'a> {
@@ -34,6 +35,7 @@ struct DebsKey<'a> {
     version: &'a str,
     packages: Vec<DebKey<'a>>,
     links: &'a BTreeMap<String, String>,
+    exclude: &'a [String],
 }
 
 #[derive(Serialize)]
@@ -83,6 +85,16 @@ pub enum DebsError {
     },
     #[error("package set `{set}`: cannot write its log: {source}")]
     Log { set: String, source: std::io::Error },
+    #[error(
+        "package set `{set}`: `exclude` names {path}, which none of its packages has\n  = help: remove it from `exclude` (a refreshed lock may have moved it)"
+    )]
+    ExcludeMissing { set: String, path: String },
+    #[error("package set `{set}`: cannot leave out {path}: {source}")]
+    Exclude {
+        set: String,
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 impl Failure for DebsError {}
@@ -108,6 +120,7 @@ impl Rule for DebsRule {
                 })
                 .collect(),
             links: &self.recipe.links,
+            exclude: &self.recipe.exclude,
         };
         Ok(KeyInputs::new(DEBS_SCHEMA, &key)?)
     }
@@ -175,6 +188,9 @@ impl Rule for DebsRule {
                 source,
             })?;
         }
+        for path in &self.recipe.exclude {
+            exclude(exec.out, set, path)?;
+        }
         Ok(Executed::default())
     }
 
@@ -184,6 +200,7 @@ impl Rule for DebsRule {
             "version": self.recipe.version,
             "debs": self.recipe.debs,
             "links": self.recipe.links,
+            "exclude": self.recipe.exclude,
         });
         ("package_set", value)
     }
@@ -195,4 +212,51 @@ impl Rule for DebsRule {
     fn publish(&self, p: &Publish<'_>) -> Result<Vec<String>, NodeError> {
         crate::recipe::publish_link(&self.toolbox, &self.recipe.name, p)
     }
+}
+
+/// Removes `path` (absolute in the set's tree; its last component may be
+/// a glob: `*`, `?`, `[...]`) and everything below it. A path that names
+/// nothing is an error: an exclusion that silently stopped matching would
+/// hide that the set grew.
+fn exclude(out: &Path, set: &str, path: &str) -> Result<(), DebsError> {
+    let fail = |source| DebsError::Exclude {
+        set: set.to_string(),
+        path: path.to_string(),
+        source,
+    };
+    let rel = Path::new(path.trim_start_matches('/'));
+    let (dir, name) = match (rel.parent(), rel.file_name()) {
+        (Some(dir), Some(name)) => (out.join(dir), name.to_string_lossy().into_owned()),
+        _ => return Err(fail(std::io::Error::other("not a path below the root"))),
+    };
+    let pattern = glob::Pattern::new(&name).map_err(|e| fail(std::io::Error::other(e.msg)))?;
+    let names: Vec<std::ffi::OsString> = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<Result<_, _>>()
+            .map_err(fail)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(fail(e)),
+    };
+    let mut removed = 0;
+    for n in names
+        .iter()
+        .filter(|n| pattern.matches(&n.to_string_lossy()))
+    {
+        let at = dir.join(n);
+        let is_dir = std::fs::symlink_metadata(&at).map_err(fail)?.is_dir();
+        match is_dir {
+            true => std::fs::remove_dir_all(&at),
+            false => std::fs::remove_file(&at),
+        }
+        .map_err(fail)?;
+        removed += 1;
+    }
+    if removed == 0 {
+        return Err(DebsError::ExcludeMissing {
+            set: set.to_string(),
+            path: path.to_string(),
+        });
+    }
+    Ok(())
 }
