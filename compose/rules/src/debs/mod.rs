@@ -72,7 +72,7 @@ pub enum DebsError {
         version: String,
         url: String,
         refresh: Option<String>,
-        source: FetchError,
+        source: Box<FetchError>,
     },
     #[error("package set `{set}`: cannot make a merged /usr: {source}")]
     Merge { set: String, source: std::io::Error },
@@ -159,7 +159,7 @@ impl Rule for DebsRule {
                 version: d.version.clone(),
                 url: d.url.clone(),
                 refresh: d.refresh.clone(),
-                source,
+                source: Box::new(source),
             };
             let digest = fetcher
                 .fetch(&d.url, &SourceHash::Sha256(d.sha256.clone()))
