@@ -72,7 +72,7 @@ pub enum DebsError {
         version: String,
         url: String,
         refresh: Option<String>,
-        source: Box<FetchError>,
+        source: FetchError,
     },
     #[error("package set `{set}`: cannot make a merged /usr: {source}")]
     Merge { set: String, source: std::io::Error },
@@ -159,7 +159,7 @@ impl Rule for DebsRule {
                 version: d.version.clone(),
                 url: d.url.clone(),
                 refresh: d.refresh.clone(),
-                source: Box::new(source),
+                source,
             };
             let digest = fetcher
                 .fetch(&d.url, &SourceHash::Sha256(d.sha256.clone()))
@@ -218,7 +218,7 @@ impl Rule for DebsRule {
 /// a glob: `*`, `?`, `[...]`) and everything below it. A path that names
 /// nothing is an error: an exclusion that silently stopped matching would
 /// hide that the set grew.
-fn exclude(out: &Path, set: &str, path: &str) -> Result<(), DebsError> {
+fn exclude(out: &Path, set: &str, path: &str) -> Result<(), NodeError> {
     let fail = |source| DebsError::Exclude {
         set: set.to_string(),
         path: path.to_string(),
@@ -227,7 +227,7 @@ fn exclude(out: &Path, set: &str, path: &str) -> Result<(), DebsError> {
     let rel = Path::new(path.trim_start_matches('/'));
     let (dir, name) = match (rel.parent(), rel.file_name()) {
         (Some(dir), Some(name)) => (out.join(dir), name.to_string_lossy().into_owned()),
-        _ => return Err(fail(std::io::Error::other("not a path below the root"))),
+        _ => return Err(fail(std::io::Error::other("not a path below the root")).into()),
     };
     let pattern = glob::Pattern::new(&name).map_err(|e| fail(std::io::Error::other(e.msg)))?;
     let names: Vec<std::ffi::OsString> = match std::fs::read_dir(&dir) {
@@ -236,7 +236,7 @@ fn exclude(out: &Path, set: &str, path: &str) -> Result<(), DebsError> {
             .collect::<Result<_, _>>()
             .map_err(fail)?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(fail(e)),
+        Err(e) => return Err(fail(e).into()),
     };
     let mut removed = 0;
     for n in names
@@ -256,7 +256,8 @@ fn exclude(out: &Path, set: &str, path: &str) -> Result<(), DebsError> {
         return Err(DebsError::ExcludeMissing {
             set: set.to_string(),
             path: path.to_string(),
-        });
+        }
+        .into());
     }
     Ok(())
 }
